@@ -1,0 +1,63 @@
+"""`diziner evaluate --gold G --pred P [--json]` (issue 2, item 7): strict span P/R/F1 (item 5).
+
+Documents are matched by id; when both files are CoNLL, by position (differing sentence counts or tokens are an
+error). With ``--json`` stdout holds exactly one JSON object (floats unrounded) and every message goes to stderr;
+otherwise an aligned table. Imports only `corpus` (no LangGraph, LangChain or Pydantic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of `diziner evaluate` (item 7)."""
+    parser.add_argument("--gold", required=True, metavar="G", help="gold documents (JSONL or CoNLL)")
+    parser.add_argument("--pred", required=True, metavar="P", help="predicted documents (JSONL or CoNLL)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def format_table(result: dict) -> str:
+    """Readable table: one row per type, then the micro row; P/R/F1 in percent with 2 decimals, tp/fp/fn counts."""
+    rows = [(t, r) for t, r in result["per_type"].items()] + [("micro", result)]
+    name_w = max([len("type")] + [len(t) for t, _ in rows])
+    count_w = max([5] + [len(str(r[k])) for _, r in rows for k in ("tp", "fp", "fn")])
+    header = f"{'type':<{name_w}}  {'P %':>7}  {'R %':>7}  {'F1 %':>7}  " + "  ".join(
+        f"{k:>{count_w}}" for k in ("tp", "fp", "fn")
+    )
+
+    def line(name: str, r: dict) -> str:
+        return (
+            f"{name:<{name_w}}  {100 * r['precision']:>7.2f}  {100 * r['recall']:>7.2f}  {100 * r['f1']:>7.2f}  "
+            + "  ".join(f"{r[k]:>{count_w}}" for k in ("tp", "fp", "fn"))
+        )
+
+    out = [header, "-" * len(header)]
+    out += [line(t, r) for t, r in rows[:-1]]
+    if len(rows) > 1:
+        out.append("-" * len(header))
+    out.append(line(*rows[-1]))
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read both files, match documents, score, print (item 7). InputError propagates to cli.main (exit 2)."""
+    from corpus.io import read_documents
+    from corpus.scoring import align_by_position, score
+
+    gold, gold_stats = read_documents(args.gold)
+    pred, pred_stats = read_documents(args.pred)
+    for path, stats in ((args.gold, gold_stats), (args.pred, pred_stats)):
+        for msg in stats.warnings(path):
+            print(f"diziner evaluate: warning: {msg}", file=sys.stderr)
+    if gold_stats.format == "conll" and pred_stats.format == "conll":
+        pred = align_by_position(gold, pred, gold_path=str(args.gold), pred_path=str(args.pred))
+    result = score(gold, pred, gold_path=str(args.gold), pred_path=str(args.pred))
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        sys.stdout.write(format_table(result) + "\n")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,401 @@
+"""Corpus I/O (issue 2, item 3): JSONL documents and CoNLL-style two-column files.
+
+Documents are `Document` dataclasses (plain stdlib; no Pydantic, LangGraph or LangChain here, so that `diziner
+evaluate` and `diziner analyze` stay cheap to start):
+
+- ``id``: non-empty string. CoNLL sentences get ``<file name without extension>-<n>``, n counting the non-empty
+  sentences from 1.
+- ``text``: the document text. For CoNLL, the sentence's tokens joined by single spaces.
+- ``entities``: list of ``(start, end, type)`` character spans into ``text`` (end exclusive), or ``None`` for an
+  unlabelled document (a JSONL line without ``entities`` or with ``"entities": null``).
+- ``tokens``: the original CoNLL tokens (verbatim) or ``None``. A JSONL ``"tokens"`` key is taken as tokens when it is
+  a list of strings whose single-space join equals ``text``; any other ``"tokens"`` value is kept in ``extra``.
+- ``extra``: every other top-level JSONL key, in input order, written back by `write_jsonl`.
+- ``line``: 1-based line where the document starts in its file (for messages; not compared, not written).
+
+Public entry points: `read_documents`, `write_jsonl`, `write_conll`. Every bad input raises
+`state.errors.InputError` naming the file, the line and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from state.errors import InputError
+
+__all__ = ["Document", "ReadStats", "read_documents", "write_jsonl", "write_conll", "conll_tags"]
+
+Span = tuple[int, int, str]
+
+_DOCSTART = "-DOCSTART-"
+
+
+@dataclass(slots=True)
+class Document:
+    """One document (item 3). See the module docstring for the meaning of each field."""
+
+    id: str
+    text: str
+    entities: list[Span] | None = None
+    tokens: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+    line: int | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """What `read_documents` found besides the documents (item 3: repairs are counted and reported).
+
+    - ``format``: ``"jsonl"`` or ``"conll"`` (detected from content).
+    - ``repairs`` / ``repair_lines``: CoNLL ``I-X`` tags that did not continue an X span and so started one
+      (conlleval behaviour), with their 1-based line numbers.
+    - ``empty_entities_skipped`` / ``empty_entity_lines``: CoNLL entities of zero length (a single empty token),
+      which cannot be a character span and are skipped, with the line of their token.
+    """
+
+    format: str
+    repairs: int = 0
+    repair_lines: list[int] = field(default_factory=list)
+    empty_entities_skipped: int = 0
+    empty_entity_lines: list[int] = field(default_factory=list)
+
+    def warnings(self, path: str | os.PathLike) -> list[str]:
+        """Human-readable warnings (one per kind) for the CLI to print on stderr; empty when nothing was repaired."""
+        out = []
+        if self.repairs:
+            out.append(
+                f"{path}: {self.repairs} I-X tag(s) not continuing an X span started a new span "
+                f"(conlleval repair), first at line {self.repair_lines[0]}"
+            )
+        if self.empty_entities_skipped:
+            out.append(
+                f"{path}: {self.empty_entities_skipped} zero-length entit(y/ies) on an empty token skipped, "
+                f"first at line {self.empty_entity_lines[0]}"
+            )
+        return out
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    """Read a whole file as UTF-8 (a leading BOM is dropped); missing, unreadable or non-UTF-8 → InputError."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or exc}", path=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"not valid UTF-8 (byte {exc.start})", path=str(path), line=line) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines split on "\\n" only (not str.splitlines, which also splits on U+2028 etc.); a CR before it is dropped."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if "\r" in text:
+        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    return lines
+
+
+def read_documents(path: str | os.PathLike) -> tuple[list[Document], ReadStats]:
+    """Read a JSONL or CoNLL file, the format detected from content (item 3).
+
+    The first non-blank line starting with ``{`` (after leading whitespace) means JSONL, anything else CoNLL, whatever
+    the file's extension. An empty file is CoNLL with no documents. Duplicate ids are an error.
+    """
+    text = _read_text(path)
+    lines = _split_lines(text)
+    fmt = "conll"
+    for ln in lines:
+        s = ln.strip()
+        if s:
+            fmt = "jsonl" if s.startswith("{") else "conll"
+            break
+    if fmt == "jsonl":
+        return _parse_jsonl(lines, str(path)), ReadStats(format="jsonl")
+    return _parse_conll(lines, str(path))
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int  # excludes bool (a subclass of int) and floats such as 3.0
+
+
+def _parse_jsonl(lines: list[str], path: str) -> list[Document]:
+    """JSONL (item 3): one object per line; blank (empty or whitespace-only) lines are allowed and skipped.
+
+    Checks: the line is a JSON object; ``id`` a non-empty string, unique in the file; ``text`` a string;
+    ``entities`` (optional, ``null`` allowed = unlabelled) a list of objects with int ``start``/``end`` (not bool),
+    ``0 <= start < end <= len(text)`` and a non-empty string ``type``. Other keys of an entity object are dropped;
+    other top-level keys are kept in ``extra``.
+    """
+    docs: list[Document] = []
+    seen: dict[str, int] = {}
+    loads = json.loads
+    for lineno, raw in enumerate(lines, 1):
+        if not raw or raw.isspace():
+            continue
+        try:
+            obj = loads(raw)
+        except ValueError as exc:
+            raise InputError(f"invalid JSON: {exc}", path=path, line=lineno) from None
+        if not isinstance(obj, dict):
+            raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
+        if "id" not in obj:
+            raise InputError('missing key "id"', path=path, line=lineno)
+        doc_id = obj["id"]
+        if not isinstance(doc_id, str) or not doc_id:
+            raise InputError(f'"id" must be a non-empty string, got {doc_id!r}', path=path, line=lineno)
+        if doc_id in seen:
+            raise InputError(
+                f"duplicate document id {doc_id!r} (first on line {seen[doc_id]})", path=path, line=lineno
+            )
+        seen[doc_id] = lineno
+        if "text" not in obj:
+            raise InputError(f'document {doc_id!r}: missing key "text"', path=path, line=lineno)
+        text = obj["text"]
+        if not isinstance(text, str):
+            raise InputError(
+                f'document {doc_id!r}: "text" must be a string, got {type(text).__name__}', path=path, line=lineno
+            )
+        raw_entities = obj.get("entities")
+        entities: list[Span] | None = None
+        if raw_entities is not None:
+            if not isinstance(raw_entities, list):
+                raise InputError(
+                    f'document {doc_id!r}: "entities" must be a list, got {type(raw_entities).__name__}',
+                    path=path,
+                    line=lineno,
+                )
+            entities = []
+            n = len(text)
+            for i, ent in enumerate(raw_entities):
+                where = f"document {doc_id!r}: entity {i}"
+                if not isinstance(ent, dict):
+                    raise InputError(f"{where}: expected an object, got {type(ent).__name__}", path=path, line=lineno)
+                for key in ("start", "end", "type"):
+                    if key not in ent:
+                        raise InputError(f'{where}: missing key "{key}"', path=path, line=lineno)
+                start, end, etype = ent["start"], ent["end"], ent["type"]
+                if not _is_int(start):
+                    raise InputError(f'{where}: "start" must be an integer, got {start!r}', path=path, line=lineno)
+                if not _is_int(end):
+                    raise InputError(f'{where}: "end" must be an integer, got {end!r}', path=path, line=lineno)
+                if not isinstance(etype, str) or not etype:
+                    raise InputError(f'{where}: "type" must be a non-empty string, got {etype!r}', path=path, line=lineno)
+                if not 0 <= start < end <= n:
+                    raise InputError(
+                        f"{where}: offsets [{start}, {end}) not within the text (need 0 <= start < end <= {n})",
+                        path=path,
+                        line=lineno,
+                    )
+                entities.append((start, end, etype))
+        tokens = None
+        extra = {k: v for k, v in obj.items() if k not in ("id", "text", "entities")}
+        tok = extra.get("tokens")
+        if isinstance(tok, list) and all(isinstance(t, str) for t in tok) and " ".join(tok) == text:
+            tokens = extra.pop("tokens")
+        docs.append(Document(doc_id, text, entities, tokens, extra, lineno))
+    return docs
+
+
+def _parse_conll(lines: list[str], path: str) -> tuple[list[Document], ReadStats]:
+    """CoNLL (item 3), one ``token<TAB>tag`` per line.
+
+    Each line is split at its last tab, or, without a tab, at its last run of spaces; the token is kept verbatim
+    (it may be empty or contain spaces/tabs). Runs of blank (empty or whitespace-only) lines separate sentences;
+    lines starting with ``-DOCSTART-`` are skipped. Tags must be ``O``, ``B-X`` or ``I-X`` (X non-empty). An ``I-X``
+    not continuing an X span starts one (counted as a repair). Entity offsets run from the first token's start to the
+    last token's end in the space-joined text; a zero-length entity (a single empty token) is skipped and counted.
+    """
+    stem = Path(path).stem
+    stats = ReadStats(format="conll")
+    docs: list[Document] = []
+    tokens: list[str] = []
+    entities: list[Span] = []
+    first_line = 0
+    pos = 0  # char offset of the next token in the joined text
+    cur_type: str | None = None  # type of the open span, or None
+    cur_start = 0
+    cur_line = 0  # line of the open span's first token
+
+    def close(end: int) -> None:
+        if end > cur_start:
+            entities.append((cur_start, end, cur_type))
+        else:
+            stats.empty_entities_skipped += 1
+            stats.empty_entity_lines.append(cur_line)
+
+    def flush() -> None:
+        nonlocal tokens, entities, pos, cur_type
+        if cur_type is not None:
+            close(pos - 1)
+        cur_type = None
+        if tokens:
+            docs.append(Document(f"{stem}-{len(docs) + 1}", " ".join(tokens), entities, tokens, {}, first_line))
+        tokens, entities, pos = [], [], 0
+
+    for lineno, line in enumerate(lines, 1):
+        if not line or line.isspace():
+            flush()
+            continue
+        if line.startswith(_DOCSTART):
+            continue
+        cut = line.find("\t")
+        if cut >= 0:
+            token, tag = line[:cut], line[cut + 1 :]
+        else:
+            cut = line.rfind(" ")
+            if cut < 0:
+                raise InputError(
+                    f"no tab or space separating a token from its tag in {line!r}", path=path, line=lineno
+                )
+            tag = line[cut + 1 :]
+            while cut > 0 and line[cut - 1] == " ":
+                cut -= 1
+            token = line[:cut]
+        if tag == "O":
+            if cur_type is not None:
+                close(pos - 1)
+                cur_type = None
+        elif len(tag) > 2 and tag[1] == "-" and tag[0] in "BI":
+            etype = tag[2:]
+            if tag[0] == "B" or cur_type != etype:
+                if tag[0] == "I":
+                    stats.repairs += 1
+                    stats.repair_lines.append(lineno)
+                if cur_type is not None:
+                    close(pos - 1)
+                cur_type, cur_start, cur_line = etype, pos, lineno
+        else:
+            raise InputError(f"bad tag {tag!r}: expected O, B-X or I-X (IOB2)", path=path, line=lineno)
+        if not tokens:
+            first_line = lineno
+        tokens.append(token)
+        pos += len(token) + 1
+    flush()
+    return docs, stats
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: str | os.PathLike, content: str) -> None:
+    """Write UTF-8 text atomically: a temp file in the same directory, then os.replace (item 3)."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_jsonl(path: str | os.PathLike, docs: Iterable[Document]) -> None:
+    """Write documents as JSONL (item 3): keys ``id``, ``text``, ``entities`` (omitted when None), ``tokens`` (when
+    present), then the kept extra keys in their input order; ``ensure_ascii=False``; one line per document."""
+    dumps = json.dumps
+    out = []
+    for d in docs:
+        obj: dict = {"id": d.id, "text": d.text}
+        if d.entities is not None:
+            obj["entities"] = [{"start": s, "end": e, "type": t} for s, e, t in d.entities]
+        if d.tokens is not None:
+            obj["tokens"] = d.tokens
+        for k, v in d.extra.items():
+            if k not in obj:
+                obj[k] = v
+        out.append(dumps(obj, ensure_ascii=False))
+        out.append("\n")
+    _atomic_write(path, "".join(out))
+
+
+def conll_tags(doc: Document, *, path: str | None = None) -> list[str]:
+    """IOB2 tags of ``doc.tokens`` derived from ``doc.entities`` (item 3, writing side).
+
+    A span maps to the tokens from the one starting at its start to the one ending at its end; a span that does not
+    fall on token boundaries covers every token it overlaps (an empty token only when strictly inside). A span covering
+    no token, or sharing a token with another span, cannot be written as IOB2 and raises InputError (naming the
+    document). Identical duplicate spans are written once.
+    """
+    toks = doc.tokens
+    if toks is None:
+        raise InputError(f"document {doc.id!r} has no tokens: cannot write it as CoNLL", path=path)
+    if " ".join(toks) != doc.text:
+        raise InputError(f"document {doc.id!r}: its text is not its tokens joined by single spaces", path=path)
+    tags = ["O"] * len(toks)
+    if not doc.entities:
+        return tags
+    starts: list[int] = []
+    pos = 0
+    for t in toks:
+        starts.append(pos)
+        pos += len(t) + 1
+    by_start = {s: i for i, s in enumerate(starts)}
+    by_end = {s + len(t): i for i, (s, t) in enumerate(zip(starts, toks))}
+    for s, e, etype in sorted(set(doc.entities), key=lambda x: (x[0], x[0] - x[1], x[2])):
+        i, j = by_start.get(s), by_end.get(e)
+        if i is not None and j is not None and i <= j:
+            covered = range(i, j + 1)
+        else:
+            covered = [
+                k
+                for k, (ts, t) in enumerate(zip(starts, toks))
+                if (t and ts < e and ts + len(t) > s) or (not t and s < ts < e)
+            ]
+        if not covered:
+            raise InputError(f"document {doc.id!r}: entity ({s}, {e}, {etype!r}) covers no token", path=path)
+        if any(tags[k] != "O" for k in covered):
+            raise InputError(
+                f"document {doc.id!r}: entity ({s}, {e}, {etype!r}) shares a token with another entity; "
+                "overlapping spans cannot be written as IOB2",
+                path=path,
+            )
+        first = True
+        for k in covered:
+            tags[k] = ("B-" if first else "I-") + etype
+            first = False
+    return tags
+
+
+def write_conll(path: str | os.PathLike, docs: Iterable[Document]) -> None:
+    """Write documents as CoNLL (item 3): ``token<TAB>tag`` lines, one blank line after each sentence.
+
+    Documents must carry ``tokens``; tags are derived from the entity spans (`conll_tags`). A document with no tokens
+    has no sentence to write and is left out. A token containing a line break, or one that would read back as a
+    ``-DOCSTART-`` line, cannot be written and raises InputError.
+    """
+    p = str(path)
+    out: list[str] = []
+    for d in docs:
+        tags = conll_tags(d, path=p)
+        if not d.tokens:
+            continue
+        for tok, tag in zip(d.tokens, tags):
+            if "\n" in tok or tok.startswith(_DOCSTART):
+                raise InputError(f"document {d.id!r}: token {tok!r} cannot be written as a CoNLL line", path=p)
+            out.append(f"{tok}\t{tag}\n")
+        out.append("\n")
+    _atomic_write(path, "".join(out))
