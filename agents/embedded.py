@@ -324,8 +324,8 @@ def running_servers() -> dict[str, str]:
 def stop_all() -> None:
     """Stop every embedded server of this process (registered with atexit; safe to call twice).
 
-    Clients built on a stopped server fail; a later :func:`ensure_server` starts a new one on a
-    new port, so cached chat models must be rebuilt (``agents.models.clear_cache``).
+    A later :func:`ensure_server` starts a new server on a new port; ``agents.models.chat_model``
+    notices and rebuilds its cached clients.
     """
     for alias in list(_MODELS):
         with _start_locks[alias]:

@@ -204,11 +204,14 @@ class RunConfig(BaseModel):
     def _unique_annotators(cls, value: list[ModelSpec]) -> list[ModelSpec]:
         if len(value) < 2:
             raise ValueError("list at least two annotators (the method compares annotators with each other)")
-        seen: set[str] = set()
-        for spec in value:
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(value):
             if spec.name in seen:
-                raise ValueError(f"duplicate annotator {spec.name!r} (names identify annotators)")
-            seen.add(spec.name)
+                raise ValueError(
+                    f"duplicate annotator {spec.name!r} at positions {seen[spec.name]} and {i} "
+                    f"(names identify annotators)"
+                )
+            seen[spec.name] = i
         return value
 
     @classmethod
@@ -337,7 +340,8 @@ def safe_name(name: str) -> str:
 
 # --------------------------------------------------------------------------- chat models
 
-_cache: dict[ModelSpec, BaseChatModel] = {}
+# spec -> (model, embedded server URL it was built for, or None)
+_cache: dict[ModelSpec, tuple[BaseChatModel, str | None]] = {}
 _cache_lock = threading.Lock()
 _build_locks: dict[ModelSpec, threading.Lock] = {}
 
@@ -358,22 +362,28 @@ def chat_model(spec: ModelSpec) -> BaseChatModel:
     openai: the API key is read here, from ``spec.api_key_env``; a missing key is an InputError.
     embedded: starts the model's server in this process (blocking, about a second).
     """
-    model = _cache.get(spec)
-    if model is not None:
-        return model
+    cached = _cache.get(spec)
+    if cached is not None and _still_valid(spec, cached[1]):
+        return cached[0]
     with _cache_lock:
         lock = _build_locks.setdefault(spec, threading.Lock())
     with lock:
-        model = _cache.get(spec)
-        if model is None:
-            model = _build(spec)
+        cached = _cache.get(spec)
+        if cached is None or not _still_valid(spec, cached[1]):
+            url = embedded.ensure_server(spec.model) if spec.provider == "embedded" else None
+            cached = (_build(spec), url)
             with _cache_lock:
-                _cache[spec] = model
-    return model
+                _cache[spec] = cached
+    return cached[0]
+
+
+def _still_valid(spec: ModelSpec, url: str | None) -> bool:
+    """An embedded client is stale once its server was stopped (a new one has a new port)."""
+    return spec.provider != "embedded" or embedded.running_servers().get(spec.model) == url
 
 
 def clear_cache() -> None:
-    """Forget the built clients (after ``embedded.stop_all()``, or when the environment changed)."""
+    """Forget the built clients (when the environment, e.g. a key, changed)."""
     with _cache_lock:
         _cache.clear()
         _build_locks.clear()

@@ -68,13 +68,15 @@ class ReadStats:
         """Human-readable warnings (one per kind) for the CLI to print on stderr; empty when nothing was repaired."""
         out = []
         if self.repairs:
+            n = self.repairs
             out.append(
-                f"{path}: {self.repairs} I-X tag(s) not continuing an X span started a new span "
+                f"{path}: {n} I-X tag{'s' if n > 1 else ''} not continuing an X span started a new span "
                 f"(conlleval repair), first at line {self.repair_lines[0]}"
             )
         if self.empty_entities_skipped:
+            n = self.empty_entities_skipped
             out.append(
-                f"{path}: {self.empty_entities_skipped} zero-length entit(y/ies) on an empty token skipped, "
+                f"{path}: {n} zero-length entit{'ies' if n > 1 else 'y'} (a single empty token) skipped, "
                 f"first at line {self.empty_entity_lines[0]}"
             )
         return out
@@ -252,7 +254,7 @@ def _parse_conll(lines: list[str], path: str) -> tuple[list[Document], ReadStats
             continue
         if line.startswith(_DOCSTART):
             continue
-        cut = line.find("\t")
+        cut = line.rfind("\t")
         if cut >= 0:
             token, tag = line[:cut], line[cut + 1 :]
         else:
@@ -291,25 +293,45 @@ def _parse_conll(lines: list[str], path: str) -> tuple[list[Document], ReadStats
 # --------------------------------------------------------------------------------------------------- writing
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask is process-wide, so never toggle it while threads run
+
+
 def _atomic_write(path: str | os.PathLike, content: str) -> None:
-    """Write UTF-8 text atomically: a temp file in the same directory, then os.replace (item 3)."""
+    """Write UTF-8 text atomically: a temp file in the same directory, then os.replace (item 3).
+
+    An existing file keeps its permission bits, a new one gets the usual 0o666 & ~umask. Failure to write (missing
+    directory, no permission) is an InputError naming the file; the temp file is removed and the target untouched.
+    """
     target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    data = content.encode("utf-8")
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_UMASK
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot write file: {exc.strerror or exc}", path=str(path)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(content.encode("utf-8"))
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write file: {exc.strerror or exc}", path=str(path)) from None
         raise
 
 

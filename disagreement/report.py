@@ -462,19 +462,28 @@ def build_report(result: DisagreementResult, params: ReportParams | None = None)
 
 
 def _hotspot_view(fr: _Frame, h: int, d: int, g0: int, g1: int, params: ReportParams) -> tuple:
-    """Everything about one hotspot that does not depend on the error type: context and grouped readings."""
+    """Everything about one hotspot that does not depend on the error type: context and grouped readings.
+
+    The readings cover the hotspot widened until no entity (of the consensus or of any annotator) crosses
+    its edge, so every entity involved in an error attributed to the hotspot appears whole.
+    """
     r = fr.r
-    cons = fr.entities(d, (fr.cons_s, fr.cons_e, fr.cons_t), g0, g1)
+    ok = [k for k in range(len(r.models)) if r.succeeded[d, k]]
+    failed = [r.models[k] for k in range(len(r.models)) if not r.succeeded[d, k]]
+    cons_arrays = (fr.cons_s, fr.cons_e, fr.cons_t)
+    r0, r1 = g0, g1
+    while True:
+        cons = fr.entities(d, cons_arrays, r0, r1)
+        per_k = {k: tuple(fr.entities(d, fr.annotator_entities(k), r0, r1)) for k in ok}
+        all_ents = cons + [x for rd in per_k.values() for x in rd]
+        n0 = min([r0] + [x[0] for x in all_ents])
+        n1 = max([r1] + [x[1] for x in all_ents])
+        if (n0, n1) == (r0, r1):
+            break
+        r0, r1 = n0, n1
     readings: dict[tuple, list[int]] = {}
-    failed = []
-    for k, m in enumerate(r.models):
-        if not r.succeeded[d, k]:
-            failed.append(m)
-            continue
-        readings.setdefault(tuple(fr.entities(d, fr.annotator_entities(k), g0, g1)), []).append(k)
-    all_ents = [x for rd in readings for x in rd] + cons
-    r0 = min([g0] + [x[0] for x in all_ents])
-    r1 = max([g1] + [x[1] for x in all_ents])
+    for k in ok:
+        readings.setdefault(per_k[k], []).append(k)
 
     def reading(ents: tuple | list, holders: list[int]) -> Reading:
         text, entities = fr.render_reading(d, r0, r1, list(ents))
@@ -801,9 +810,9 @@ def annotator_error_report(result: DisagreementResult, annotator: str, params: R
             strings = ", ".join(f"{_code(s, table=True, limit=60)} ({n})" for s, n in top)
             out.append(f"| {_name(fr.types[t], table=True)} | {sel.size} | {strings} |")
 
-    out += ["", "## Examples", ""]
+    out += ["", "## Examples"]
     if not ukeys.size:
-        out.append("None.")
+        out += ["", "None."]
     rng = np.random.default_rng(params.seed)
     for i in cat_order:
         _, family, rname, pname = decoded[i]

@@ -399,3 +399,15 @@ def test_round_trip_every_shared_file(tmp_path, rel):
 def test_readstats_defaults():
     s = ReadStats(format="conll")
     assert s.repairs == 0 and s.warnings("x") == []
+
+
+def test_write_to_missing_directory_is_input_error_and_mode_kept(tmp_path):
+    doc = Document("a", "x", [], ["x"], {})
+    with pytest.raises(InputError, match="cannot write file") as info:
+        write_jsonl(tmp_path / "no" / "such.jsonl", [doc])
+    assert str(info.value).startswith(str(tmp_path / "no" / "such.jsonl"))
+    target = tmp_path / "m.conll"
+    target.write_text("", encoding="utf-8")
+    target.chmod(0o640)
+    write_conll(target, [doc])
+    assert target.stat().st_mode & 0o777 == 0o640 and target.read_text(encoding="utf-8") == "x\tO\n\n"

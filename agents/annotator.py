@@ -1,0 +1,158 @@
+"""The annotator agent: one model labels one document under its configuration Θ_k (DIZINER.md sections 3-4).
+
+Structured output whose entity type is an enum of the task's types, then grounding of each entity string onto
+the text (model offsets are never trusted). A failure is recorded with its reason, never as "no entities".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from functools import lru_cache
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage
+from pydantic import BaseModel, Field, create_model
+
+from agents.guideline import render_instructions, render_types
+from agents.models import ModelSpec, structured_output_method
+from corpus.tokens import ground
+from prompts import fence, render
+from state.graph_state import TokenUsage
+from state.models import AnnotatorOutput, Document, Span, TaskConfiguration
+
+log = logging.getLogger(__name__)
+CHARS_PER_TOKEN = 3.0  # conservative estimate for prompt budgeting
+
+
+@lru_cache(maxsize=64)
+def entity_schema(types: tuple[str, ...]) -> type[BaseModel]:
+    """`{"entities": [{"text": str, "type": <enum of the task's types>}]}` as a Pydantic model."""
+    type_enum = enum.Enum("EntityTypeName", [(t, t) for t in types], type=str)
+    entity = create_model(
+        "Entity",
+        text=(str, Field(description="the entity exactly as written in the document")),
+        type=(type_enum, Field(description="one of the entity types")),
+    )
+    return create_model("Entities", entities=(list[entity], Field(default_factory=list)))
+
+
+def annotator_prompt(configuration: TaskConfiguration, text: str, round_: int, annotator: str, with_examples: bool = True) -> str:
+    types = configuration.schema_
+    if not with_examples:
+        types = [t.model_copy(update={"positive_examples": [], "negative_examples": []}) for t in types]
+    blocks = ""
+    if configuration.common_instructions:
+        blocks += "\n### Instructions\n" + render_instructions(configuration.common_instructions) + "\n"
+    if configuration.annotator_instructions:
+        blocks += "\n### Instructions for you\n" + render_instructions(configuration.annotator_instructions) + "\n"
+    refined = configuration.common_instructions or configuration.annotator_instructions
+    return render(
+        "annotator",
+        round_note=f" (round {round_}, refined guideline)" if refined else "",
+        goal=configuration.goal.strip(),
+        types=render_types(types),
+        instructions=blocks,
+        document=fence(text),
+    )
+
+
+def fit_annotator_prompt(spec: ModelSpec, configuration: TaskConfiguration, text: str, round_: int) -> tuple[str, bool]:
+    """The prompt, trimmed of the type examples (never the instructions) when it would overflow the context."""
+    prompt = annotator_prompt(configuration, text, round_, spec.name)
+    window = spec.context_window
+    if window is None:
+        return prompt, False
+    budget = window - (spec.max_tokens or 0)
+    if len(prompt) / CHARS_PER_TOKEN <= budget:
+        return prompt, False
+    log.warning("prompt for %s exceeds its context (%d tokens): type examples left out", spec.name, window)
+    return annotator_prompt(configuration, text, round_, spec.name, with_examples=False), True
+
+
+def usage_of(message: Any) -> TokenUsage:
+    meta = getattr(message, "usage_metadata", None) or {}
+    return TokenUsage(input_tokens=int(meta.get("input_tokens", 0)), output_tokens=int(meta.get("output_tokens", 0)), calls=1)
+
+
+async def annotate_document(
+    model: BaseChatModel,
+    spec: ModelSpec,
+    configuration: TaskConfiguration,
+    document: Document,
+    round_: int,
+    attempts: int = 2,
+    config: dict[str, Any] | None = None,
+) -> tuple[AnnotatorOutput, TokenUsage]:
+    """One annotator on one document; retries a failed or unparseable answer `attempts - 1` times."""
+    types = tuple(t.name for t in configuration.schema_)
+    schema = entity_schema(types)
+    runnable = model.with_structured_output(schema, method=structured_output_method(spec), include_raw=True)
+    prompt, _ = fit_annotator_prompt(spec, configuration, document.text, round_)
+    usage = TokenUsage()
+    reason, raw_text = "no attempt made", None
+    for attempt in range(1, attempts + 1):
+        try:
+            result = await runnable.ainvoke([HumanMessage(content=prompt)], config=config)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # provider errors, timeouts: recorded, then retried
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            continue
+        raw = result.get("raw")
+        usage = usage.add(usage_of(raw))
+        raw_text = getattr(raw, "content", None) if raw is not None else None
+        parsed = result.get("parsed")
+        if parsed is None:
+            err = result.get("parsing_error")
+            reason = f"unparseable answer: {err}"[:500] if err else "empty answer"
+            continue
+        pairs = [(e.text, e.type.value) for e in parsed.entities]
+        grounding = ground(document.text, pairs)
+        spans = [Span(start=s, end=e, type=t) for s, e, t in grounding.spans]
+        return (
+            AnnotatorOutput(
+                annotator=spec.name,
+                document_id=document.id,
+                status="ok",
+                spans=spans,
+                raw=raw_text if isinstance(raw_text, str) else None,
+                not_found=grounding.not_found,
+            ),
+            usage,
+        )
+    return (
+        AnnotatorOutput(
+            annotator=spec.name,
+            document_id=document.id,
+            status="failed",
+            reason=f"after {attempts} attempts: {reason}",
+            raw=raw_text if isinstance(raw_text, str) else None,
+        ),
+        usage,
+    )
+
+
+async def annotate_documents(
+    model: BaseChatModel,
+    spec: ModelSpec,
+    configuration: TaskConfiguration,
+    documents: list[Document],
+    round_: int,
+    config_for: Any = None,
+) -> tuple[list[AnnotatorOutput], TokenUsage]:
+    """All pilot documents for one annotator, at most `spec.concurrency` requests in flight."""
+    gate = asyncio.Semaphore(max(1, spec.concurrency))
+
+    async def one(doc: Document) -> tuple[AnnotatorOutput, TokenUsage]:
+        async with gate:
+            cfg = config_for(doc) if config_for else None
+            return await annotate_document(model, spec, configuration, doc, round_, config=cfg)
+
+    results = await asyncio.gather(*(one(d) for d in documents))
+    total = TokenUsage()
+    for _, u in results:
+        total = total.add(u)
+    return [o for o, _ in results], total

@@ -1,0 +1,110 @@
+"""The LangGraph state of the pilot-annotation loop: input, full state and output schemas (issue 3).
+
+Everything a person inspects in Studio lives here: the pool, the pilot sets, each round's annotations,
+figures, report, the supervisor's four phase outputs, and the guideline in force.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from state.models import AnnotatorOutput, DisagreementReport, Document, Instruction, TaskDefinition
+
+
+def merge_annotations(left: list[AnnotatorOutput] | None, right: list[AnnotatorOutput] | None) -> list[AnnotatorOutput]:
+    """Reducer for the annotator fan-out: each annotator's branch appends its outputs.
+
+    A node resets the field for a new round by returning `Overwrite([])` (langgraph.types.Overwrite).
+    Outputs are kept sorted by (annotator, document order is restored by the consumer) so that the state
+    does not depend on which branch finished first.
+    """
+    merged = list(left or []) + list(right or [])
+    return sorted(merged, key=lambda o: (o.annotator, o.document_id))
+
+
+class Guideline(BaseModel):
+    """The guideline in force: common instructions C, per-annotator instructions R_k, final task goal G."""
+
+    model_config = ConfigDict(extra="forbid")
+    common: list[Instruction] = Field(default_factory=list)
+    per_annotator: dict[str, list[Instruction]] = Field(default_factory=dict)
+    goal: str = ""
+
+
+class TokenUsage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+
+    def add(self, other: "TokenUsage") -> "TokenUsage":
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            calls=self.calls + other.calls,
+        )
+
+
+class RoundRecord(BaseModel):
+    """One round's figures (the `rounds` entries of summary.json)."""
+
+    round: int
+    pilot: list[str] = Field(description="document ids of the pilot set, in pool order")
+    mean_pairwise_f1: float | None = None
+    mean_agreement: dict[str, float] = Field(default_factory=dict)
+    weights: dict[str, float] = Field(default_factory=dict)
+    elite: list[str] = Field(default_factory=list)
+    hotspots: int = 0
+    failed: dict[str, int] = Field(default_factory=dict)
+    succeeded: dict[str, int] = Field(default_factory=dict)
+    predicted_spans: dict[str, int] = Field(default_factory=dict)
+    token_usage: dict[str, TokenUsage] = Field(default_factory=dict)
+    guideline_change: float | None = Field(default=None, description="share of guideline words changed")
+    error: str | None = None
+    seconds: dict[str, float] = Field(default_factory=dict, description="wall time per node")
+
+
+class Selection(BaseModel):
+    round: int
+    annotator: str
+    mean_pairwise_f1: float
+
+
+class SupervisorRound(BaseModel):
+    """The four phases' outputs of one supervisor round (JSON-able dicts, one schema per phase)."""
+
+    round: int
+    patterns: dict[str, Any] | None = None
+    diagnoses: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    integration: dict[str, Any] | None = None
+    organization: dict[str, Any] | None = None
+    failures: dict[str, str] = Field(default_factory=dict, description="phase -> why it failed")
+
+
+class DizinerInput(BaseModel):
+    """What a run starts from: a task file's content and the unlabelled pool."""
+
+    task: TaskDefinition
+    documents: list[Document] = Field(min_length=1)
+
+
+class DizinerOutput(BaseModel):
+    history: list[RoundRecord] = Field(default_factory=list)
+    stop_reason: str | None = None
+    selection: Selection | None = None
+    selected_configuration: dict[str, Any] | None = None
+    guideline_markdown: str | None = None
+
+
+class DizinerState(DizinerInput, DizinerOutput):
+    round: int = 0
+    pilot_history: list[list[int]] = Field(default_factory=list, description="pool indices of each round's pilot set")
+    annotations: Annotated[list[AnnotatorOutput], merge_annotations] = Field(default_factory=list)
+    report: DisagreementReport | None = None
+    guideline: Guideline = Field(default_factory=Guideline)
+    guidelines_used: list[Guideline] = Field(
+        default_factory=list, description="the guideline each round annotated under (index = round - 1)"
+    )
+    supervisor: list[SupervisorRound] = Field(default_factory=list)
+    status: Literal["running", "stopped"] = "running"
