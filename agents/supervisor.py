@@ -126,6 +126,10 @@ def common_context(schema: list[EntityType], goal: str, guideline: Guideline | N
     return render("supervisor_common", schema=render_types(schema), goal=goal.strip(), guideline=in_force, annotators=who)
 
 
+def render_phase(template_name: str, **values: Any) -> str:
+    return render(template_name, **values)
+
+
 def as_json(obj: Any) -> str:
     if isinstance(obj, BaseModel):
         obj = obj.model_dump(mode="json")

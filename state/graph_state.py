@@ -37,13 +37,23 @@ class TokenUsage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     calls: int = 0
+    seconds: float = 0.0
 
     def add(self, other: "TokenUsage") -> "TokenUsage":
         return TokenUsage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             calls=self.calls + other.calls,
+            seconds=self.seconds + other.seconds,
         )
+
+
+def merge_usage(left: dict[str, TokenUsage] | None, right: dict[str, TokenUsage] | None) -> dict[str, TokenUsage]:
+    """Reducer for per-annotator usage from the fan-out branches (reset per round with Overwrite({}))."""
+    out = dict(left or {})
+    for k, v in (right or {}).items():
+        out[k] = out[k].add(v) if k in out else v
+    return {k: out[k] for k in sorted(out)}
 
 
 class RoundRecord(BaseModel):
@@ -98,9 +108,11 @@ class DizinerOutput(BaseModel):
 
 
 class DizinerState(DizinerInput, DizinerOutput):
+    annotators: list[str] = Field(default_factory=list, description="annotator names, in the run's order")
     round: int = 0
     pilot_history: list[list[int]] = Field(default_factory=list, description="pool indices of each round's pilot set")
     annotations: Annotated[list[AnnotatorOutput], merge_annotations] = Field(default_factory=list)
+    usage: Annotated[dict[str, TokenUsage], merge_usage] = Field(default_factory=dict)
     report: DisagreementReport | None = None
     guideline: Guideline = Field(default_factory=Guideline)
     guidelines_used: list[Guideline] = Field(

@@ -214,6 +214,7 @@ class DisagreementReport(_Model):
     hotspot_kinds: dict[str, int] = Field(default_factory=dict)
     consensus: dict[str, list[Span]] = Field(default_factory=dict)
     markdown: str = ""
+    markdown_compact: str = Field(default="", description="the same report with at most two examples per type")
     annotator_reports: dict[str, str] = Field(default_factory=dict, description="per-annotator error reports")
 
 

@@ -464,3 +464,19 @@ def test_vectorised_errors_match_oracle(doc_anns):
     assert set(FAMILIES) >= {e.family for e in rep.error_types}
     md = render_markdown(rep)
     assert len(md) <= rep.params.max_chars
+
+
+def test_no_hotspots_and_nothing_scored():
+    same = AnnotationBatch.from_documents([("d1", "Paris is nice", {"a": [(0, 5, "LOC")], "b": [(0, 5, "LOC")]})])
+    rep = build_report(analyze(same))
+    assert (rep.n_hotspots, rep.n_errors, rep.error_types) == (0, 0, ())
+    md = render_markdown(rep)
+    assert md.count("No differences of this family inside hotspots.") == 4
+    unscored = AnnotationBatch.from_documents(
+        [("d1", "Paris", {"a": [(0, 5, "LOC")], "b": None}), ("d2", "Rome", {"a": None, "b": []})]
+    )
+    r = analyze(unscored)
+    rep = build_report(r)
+    assert rep.threshold is None and rep.n_scored_documents == 0
+    assert "| Hotspot threshold τ (percentile 80 of the combined disagreement score) | n/a |" in render_markdown(rep)
+    assert "| Documents compared | 0 |" in annotator_error_report(r, "a")

@@ -1,0 +1,149 @@
+"""The embedded models for real: servers, schema-constrained output, order-independence.
+
+Short prompts and small output caps keep the file well under a minute on 2 cores. The tests
+check structure and determinism, not annotation quality (the models are tiny).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents import embedded
+from agents.models import chat_model, parse_model_spec, structured_output_method
+
+pytestmark = pytest.mark.integration
+
+ALIASES = tuple(embedded.EMBEDDED_MODELS)
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Entity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(max_length=30)
+    type: Literal["PER", "ORG", "LOC"]
+
+
+class Entities(BaseModel):
+    """Bounded on purpose: an unbounded list lets a tiny model repeat itself up to max_tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+    entities: list[Entity] = Field(max_length=3)
+
+
+INSTRUCTIONS = (
+    "You label named entities. Types: PER (person), ORG (organisation), LOC (location). "
+    "Answer with JSON: the entities that appear in the text, copied exactly."
+)
+SENTENCES = (
+    "Angela Merkel met Emmanuel Macron in Paris.",
+    "Apple opened a new office in Berlin.",
+    "The United Nations held a summit in Geneva.",
+)
+
+
+def messages(alias: str, text: str) -> list[tuple[str, str]]:
+    """The documented contract: Gemma has no system role, so instructions go into the user turn."""
+    if embedded.merges_system_prompt(alias):
+        return [("user", f"{INSTRUCTIONS}\n\nText: {text}")]
+    return [("system", INSTRUCTIONS), ("user", f"Text: {text}")]
+
+
+def health(base_url: str) -> int | None:
+    root = base_url.removesuffix("/v1")
+    try:
+        with _DIRECT.open(root + "/health", timeout=5) as response:
+            return response.status
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def test_one_server_per_model_from_threads_and_asyncio() -> None:
+    embedded.stop_all()  # start cold, so the threads race on the start itself
+    barrier = threading.Barrier(2)
+    urls: list[str] = []
+
+    def start() -> None:
+        barrier.wait()
+        urls.append(embedded.ensure_server("smollm2"))
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(urls) == 2 and urls[0] == urls[1]
+    url = urls[0]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+    assert health(url) == 200
+    assert embedded.running_servers()["smollm2"] == url
+
+    async def from_event_loop() -> list[str]:
+        return await asyncio.gather(*(asyncio.to_thread(embedded.ensure_server, "gemma3-270m") for _ in range(2)))
+
+    gemma_urls = asyncio.run(from_event_loop())
+    assert gemma_urls[0] == gemma_urls[1] != url
+    assert set(embedded.running_servers()) == {"smollm2", "gemma3-270m"}
+
+    # Stopping frees the port; a cached client notices and is rebuilt on a new server.
+    spec = parse_model_spec("embedded:smollm2", max_tokens=4)
+    stale = chat_model(spec)
+    embedded.stop_all()
+    assert health(url) is None and embedded.running_servers() == {}
+    fresh = chat_model(spec)
+    assert fresh is not stale
+    assert str(fresh.openai_api_base) == embedded.running_servers()["smollm2"] != url
+    assert fresh.invoke("Hi").content is not None
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_structured_output_validates(alias: str) -> None:
+    spec = parse_model_spec(f"embedded:{alias}", max_tokens=256)
+    model = chat_model(spec).with_structured_output(Entities, method=structured_output_method(spec))
+    result = model.invoke(messages(alias, SENTENCES[0]))
+    assert isinstance(result, Entities)
+    assert len(result.entities) <= 3
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_outputs_do_not_depend_on_request_order(alias: str) -> None:
+    model = chat_model(parse_model_spec(f"embedded:{alias}", max_tokens=24, temperature=0))
+
+    def run(order: tuple[str, ...]) -> dict[str, str]:
+        return {text: str(model.invoke(messages(alias, text)).content) for text in order}
+
+    forward = run(SENTENCES)
+    backward = run(tuple(reversed(SENTENCES)))
+    assert forward == backward
+    assert any(out.strip() for out in forward.values())
+
+
+def test_gemma_file_is_assembled_once_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = tmp_path / "diziner" / "models"
+    folder.mkdir(parents=True)
+    stale = folder / ".gemma-3-270m-q4_k_m.gguf.999.deadbeef.tmp"
+    stale.write_bytes(b"left by a killed process")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+
+    path = embedded.model_path("gemma3-270m")
+    assert path.parent == folder and path.is_file()
+    assert sorted(p.name for p in folder.iterdir()) == [path.name]  # no temporaries left
+    first = path.stat()
+    again = embedded.model_path("gemma3-270m")
+    assert again == path and again.stat().st_ino == first.st_ino and again.stat().st_mtime_ns == first.st_mtime_ns
+
+    with path.open("r+b") as f:  # a truncated file (copied by hand, disk full) is replaced
+        f.truncate(1000)
+    repaired = embedded.model_path("gemma3-270m")
+    assert repaired.stat().st_size == first.st_size
