@@ -1,0 +1,222 @@
+"""Control flow of the graph with scripted chat models (issue 3, "Tests")."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from graph.builder import build_graph
+from graph.context import DizinerContext
+from graph.routing import select_configuration, stop_decision
+from state.graph_state import RoundRecord
+from state.models import TaskDefinition
+from tests.scripted import ScriptedChatModel
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = TaskDefinition.from_yaml(ROOT / "tasks" / "crossner_politics.yaml")
+SENTENCES = [
+    "Barack Obama met Angela Merkel in Berlin .",
+    "The Labour Party won the election in Britain .",
+    "Paris is the capital of France .",
+    "Nicolas Sarkozy led the party in France .",
+    "The Senate met in Washington with Joe Biden .",
+    "Boris Johnson spoke in London about Brexit .",
+    "The Green Party of Canada held a rally in Ottawa .",
+    "Emmanuel Macron visited Rome and Madrid .",
+    "Theresa May resigned after the vote .",
+]
+DOCS = [{"id": f"d{i}", "text": t} for i, t in enumerate(SENTENCES)]
+
+
+def document_of(prompt: str) -> str:
+    return prompt.split("<document>\n", 1)[1].split("\n</document>", 1)[0]
+
+
+class Script:
+    """Annotators tag capitalised words; how much they agree is set by the 'LEVEL-k' instruction they receive.
+
+    level 0: annotators disagree on types; each supervisor round raises the level by `step`, and at a level
+    >= the annotator's index it switches to the shared reading, so agreement rises round by round.
+    """
+
+    def __init__(self, names, step=1, fail=(), fail_docs=(), per_annotator=None):
+        self.names = names
+        self.step = step
+        self.fail = set(fail)
+        self.fail_docs = set(fail_docs)
+        self.level = 0
+        self.models: dict[str, ScriptedChatModel] = {}
+        self.per_annotator = per_annotator or {}
+        self.supervisor_calls: list[str] = []
+
+    def respond_for(self, name):
+        def respond(prompt, schema):
+            if schema == "Entities":
+                doc = document_of(prompt)
+                if name in self.fail or any(f in doc for f in self.fail_docs if name == self.names[-1]):
+                    return RuntimeError(f"{name} is down")
+                m = re.search(r"LEVEL-(\d+)", prompt)
+                level = int(m.group(1)) if m else 0
+                idx = self.names.index(name)
+                shared = level >= idx
+                caps = re.findall(r"\b[A-Z][a-z]+\b", doc)
+                types = ["POLITICIAN", "LOCATION", "COUNTRY", "PERSON"]
+                ents = [{"text": c, "type": types[0] if shared else types[(idx + j) % 4]} for j, c in enumerate(caps)]
+                return {"entities": ents}
+            self.supervisor_calls.append(schema)
+            if schema == "PatternAnalysis":
+                return {"summary": "types differ", "patterns": [{"name": "type choice"}], "principles": [{"text": "prefer POLITICIAN"}]}
+            if schema == "AnnotatorDiagnosis":
+                return {"tendencies": ["mixes types"], "needs": [{"text": "use POLITICIAN"}]}
+            if schema == "Integration":
+                self.level += self.step
+                return {"goal": f"Sharpened goal {self.level}.", "common": [{"text": f"LEVEL-{self.level}"}]}
+            if schema == "Organization":
+                per = [{"annotator": a, "instructions": [{"text": t} for t in ts]} for a, ts in self.per_annotator.items()]
+                return {
+                    "common": [{"text": f"LEVEL-{self.level}: tag names as POLITICIAN", "priority": "high"}, {"text": "minor rule", "priority": "low"}],
+                    "per_annotator": per,
+                }
+            raise AssertionError(schema)
+
+        return respond
+
+    def factory(self, spec):
+        if spec.name not in self.models:
+            self.models[spec.name] = ScriptedChatModel(respond=self.respond_for(spec.name))
+        return self.models[spec.name]
+
+    def prompts(self, name):
+        return [p for p, s in self.models[name].calls if s == "Entities"]
+
+
+NAMES = ["openai:a", "openai:b", "openai:c"]
+
+
+def run_graph(script: Script, **ctx):
+    g = build_graph(script.factory).compile()
+    context = DizinerContext(annotators=script.names, supervisor="openai:sup", pilot_size=3, **ctx)
+    return asyncio.run(g.ainvoke({"task": TASK.model_dump(), "documents": DOCS}, context=context))
+
+
+def test_stops_at_max_loops_with_rising_agreement():
+    script = Script(NAMES)
+    out = run_graph(script, max_loops=3, min_gain=0.0)
+    assert [h.round for h in out["history"]] == [1, 2, 3]
+    a = [h.mean_pairwise_f1 for h in out["history"]]
+    assert a[0] < a[1] < a[2]
+    assert out["stop_reason"].startswith("max_loops reached")
+    assert script.supervisor_calls.count("Organization") == 2  # max_loops - 1 supervisor rounds
+
+
+def test_plateau_stops_after_patience_stale_rounds():
+    # step 0: the level never rises, agreement stays flat -> round 2 is stale -> stop (patience 1)
+    script = Script(NAMES, step=0)
+    out = run_graph(script, max_loops=5, min_gain=0.01, patience=1)
+    assert len(out["history"]) == 2
+    assert out["stop_reason"].startswith("agreement plateau")
+    assert script.supervisor_calls.count("Organization") == 1
+    script = Script(NAMES, step=0)
+    out = run_graph(script, max_loops=5, min_gain=0.01, patience=2)
+    assert len(out["history"]) == 3
+    # a gain smaller than min_gain is stale too: rising agreement with a huge min_gain stops after round 2
+    out = run_graph(Script(NAMES), max_loops=5, min_gain=0.9, patience=1)
+    assert len(out["history"]) == 2
+
+
+def test_next_round_prompts_carry_phase4_instructions_and_goal():
+    script = Script(NAMES)
+    run_graph(script, max_loops=2)
+    first, second = script.prompts("openai:a")[:3], script.prompts("openai:a")[3:]
+    assert len(second) == 3
+    assert not any("LEVEL-" in p for p in first)
+    assert all("LEVEL-1: tag names as POLITICIAN" in p for p in second)
+    assert all("Sharpened goal 1." in p for p in second)  # phase 3 sharpened the goal
+    assert all("minor rule" in p for p in second)  # within the default cap of 3 it stays
+
+
+def test_caps_are_enforced_in_code():
+    script = Script(NAMES)
+    out = run_graph(script, max_loops=2, max_common_instructions=1)
+    second = script.prompts("openai:b")[3:]
+    assert all("LEVEL-1" in p and "minor rule" not in p for p in second)  # the low-priority one was cut
+    assert out["history"][0].guideline_change > 0
+
+
+def test_per_annotator_instructions_reach_only_that_annotator():
+    script = Script(NAMES, per_annotator={"openai:c": ["ONLY-FOR-C"], "openai:ghost": ["NOBODY"]})
+    run_graph(script, max_loops=2, diagnose_all=True)
+    assert all("ONLY-FOR-C" in p for p in script.prompts("openai:c")[3:])
+    for name in ("openai:a", "openai:b"):
+        assert not any("ONLY-FOR-C" in p for p in script.prompts(name))
+    assert not any("NOBODY" in p for n in NAMES for p in script.prompts(n))
+
+
+def test_failed_annotator_is_recorded_and_round_goes_on():
+    script = Script(NAMES, fail={"openai:c"})
+    out = run_graph(script, max_loops=2)
+    first = out["history"][0]
+    assert first.failed["openai:c"] == 3 and first.succeeded["openai:c"] == 0
+    assert first.mean_pairwise_f1 is not None  # a and b still measured
+    assert "openai:c" not in first.weights  # excluded: failed on every document
+    assert out["selection"].annotator != "openai:c"
+
+
+def test_partial_failure_counts_document_as_failed_not_empty():
+    script = Script(NAMES, fail_docs=("Obama", "Labour", "Paris", "Sarkozy", "Senate", "Boris", "Green", "Macron", "Theresa"))
+    out = run_graph(script, max_loops=1)
+    assert out["history"][0].failed["openai:c"] == 3
+
+
+def test_selection_label_free_and_exported():
+    script = Script(NAMES)
+    out = run_graph(script, max_loops=3)
+    best = max((h.mean_agreement[k], h.round, k) for h in out["history"] for k in h.mean_agreement)
+    assert (out["selection"].round, out["selection"].mean_pairwise_f1) == (best[1], best[0])
+    assert out["selected_configuration"]["annotator"] == out["selection"].annotator
+    assert "LEVEL-" in out["guideline_markdown"] and out["guideline_markdown"].startswith("# Annotation guideline")
+
+
+def test_max_loops_hard_cap():
+    with pytest.raises(ValidationError, match="at most 5"):
+        DizinerContext(max_loops=6)
+
+
+# ---------------------------------------------------------------- pure routing and selection
+
+
+def rec(t, a, mean=None, succeeded=None, predicted=None):
+    mean = mean or {}
+    return RoundRecord(
+        round=t, pilot=[], mean_pairwise_f1=a, mean_agreement=mean,
+        succeeded=succeeded or {k: 1 for k in mean}, predicted_spans=predicted or {k: 1 for k in mean},
+    )
+
+
+def test_stop_decision_rules():
+    assert stop_decision([rec(1, 0.5)], 5, 0.01, 1) is None  # round 1 never stops on a plateau
+    assert stop_decision([rec(1, 0.5)], 1, 0.01, 1).startswith("max_loops")
+    assert stop_decision([rec(1, 0.5), rec(2, 0.51)], 5, 0.01, 1).startswith("agreement plateau")  # 0.51 <= 0.5 + 0.01
+    assert stop_decision([rec(1, 0.5), rec(2, 0.5101)], 5, 0.01, 1) is None
+    hist = [rec(1, 0.5), rec(2, 0.6), rec(3, 0.55)]
+    assert stop_decision(hist, 5, 0.01, 1) is not None
+    assert stop_decision(hist, 5, 0.01, 2) is None  # only one stale round so far
+    assert stop_decision([*hist, rec(4, 0.6)], 5, 0.01, 2) is not None  # 0.6 <= 0.6 + 0.01: two in a row
+    assert stop_decision([*hist, rec(4, 0.7)], 5, 0.01, 2) is None  # a gain resets the count
+    assert stop_decision([rec(1, None)], 5, 0.01, 1).startswith("round 1 could not be analysed")
+
+
+def test_select_configuration_rules():
+    h = [rec(1, 0.5, {"a": 0.7, "b": 0.6}), rec(2, 0.5, {"a": 0.7, "b": 0.65})]
+    assert select_configuration(h) == (2, "a", 0.7)  # tie on score: the later round
+    h = [rec(1, 0.5, {"b": 0.7, "a": 0.7})]
+    assert select_configuration(h) == (1, "a", 0.7)  # then the name
+    h = [rec(1, 0.5, {"a": 0.9, "b": 0.6}, predicted={"a": 0, "b": 3})]
+    assert select_configuration(h) == (1, "b", 0.6)  # no predicted span: not eligible
+    h = [rec(1, 0.5, {"a": 0.9, "b": 0.6}, succeeded={"a": 0, "b": 3})]
+    assert select_configuration(h) == (1, "b", 0.6)
+    assert select_configuration([]) is None
