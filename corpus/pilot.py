@@ -19,12 +19,14 @@ Features (`tfidf_matrix`)
     idf         smoothed: ln((1 + n) / (1 + df)) + 1, with n documents and df the documents containing the token
     rows        L2-normalised; a text with no vocabulary token is an all-zero row
     reduction   when the vocabulary has more than `dims` (256) tokens, the sparse TF-IDF rows are multiplied by a
-                seeded Gaussian random projection (vocabulary x dims, entries N(0, 1/dims)) and L2-normalised
-                again (Johnson-Lindenstrauss: cosine similarities are kept up to roughly 1/sqrt(dims)). With a
-                vocabulary of at most `dims` tokens the result is the exact TF-IDF matrix, one column per token in
-                vocabulary order.
-    The sparse entries are built with one pass of Python tokenisation and numpy sorting, and projected chunk by chunk,
-    so memory is O(tokens in the pool + n x dims): about 2 KB a document at dims=256 (200 MB for 100,000 texts).
+                seeded sparse random projection (vocabulary x dims; each token has 8 non-zero entries +-1/sqrt(8) in
+                distinct columns, drawn from `np.random.default_rng(seed)`) and L2-normalised again. Inner products
+                are kept in expectation, with an error of roughly 1/sqrt(dims) on cosines (Johnson-Lindenstrauss;
+                Li, Hastie & Church 2006 for sparse projections). With a vocabulary of at most `dims` tokens the
+                result is the exact TF-IDF matrix, one column per token in vocabulary order.
+    The pool is tokenised by one regex call over the joined texts, entries are built by numpy sorting, and the
+    projection is accumulated by `np.bincount` in chunks of documents, so memory is O(tokens in the pool + n x dims):
+    about 2 KB a document at dims=256 (200 MB for 100,000 texts).
 
 Clustering (`kmeans`, `choose_diverse`)
     Greedy k-means++ initialisation (2 + floor(ln k) local trials per centre, as scikit-learn) from
@@ -33,6 +35,11 @@ Clustering (`kmeans`, `choose_diverse`)
     (ties by row index). Lloyd stops when the assignment no longer changes, when the squared centroid shift is at most
     1e-4 x the mean per-feature variance, or after `max_iter` iterations; the returned assignment is always the
     nearest-centroid assignment of the returned centroids (ties to the lower cluster id).
+    `choose_diverse` fits k-means on all candidates, or on a seeded uniform sample of `MAX_FIT_ROWS` (10,000) of them
+    when there are more (about 400 rows a centroid at k = 25, so the centroids barely move, and a round over a
+    100,000-document pool costs one pass over the pool instead of hundreds); then every candidate is assigned to its
+    nearest centroid and the member nearest each centroid is taken (ties by pool index). A cluster left without a
+    member takes, in cluster order, the unused candidate nearest its centroid, so the k picks are always distinct.
 
 Selection for a round (`PilotSampler.select`), given the earlier rounds' selections `history`:
     1. If the pool has at most `pilot_size` documents: the whole pool.
@@ -57,6 +64,7 @@ from state.errors import InputError
 __all__ = [
     "DEFAULT_PILOT_SIZE",
     "MAX_FEATURES",
+    "MAX_FIT_ROWS",
     "PROJECTION_DIMS",
     "PilotSampler",
     "choose_diverse",
@@ -69,8 +77,12 @@ DEFAULT_PILOT_SIZE = 25
 MAX_FEATURES = 5000
 PROJECTION_DIMS = 256
 ROUND_SEED_STRIDE = 1000
+MAX_FIT_ROWS = 10_000
+_SAMPLE_STREAM = 0x5A3D1E  # second seed word of the fit-sample generator, so it is not the k-means stream
 
-_WORD_TOKEN = re.compile(r"\w+")
+_SENTINEL = "\x00"
+_TOKEN_OR_SENTINEL = re.compile(r"\w+|\x00")  # the word tokens of `re.findall(r"\w+", ...)`, plus the sentinel
+_PROJECTION_NONZEROS = 8  # non-zero entries per vocabulary token in the sparse random projection
 _CHUNK_ENTRIES = 1 << 22  # float64 cells per temporary block (32 MB)
 
 
@@ -98,9 +110,9 @@ def tfidf_matrix(
 ) -> np.ndarray:
     """Dense float64 TF-IDF features of `texts`, one L2-normalised row per text (see the module docstring).
 
-    Shape (len(texts), V) with V <= `dims` vocabulary tokens, or (len(texts), dims) after the seeded random projection
-    when the vocabulary is larger. `dims=None` never projects (then the result is n x V, mind the memory). Rows of
-    texts without any vocabulary token are zero.
+    Shape (len(texts), V) with V <= `dims` vocabulary tokens, or (len(texts), dims) after the seeded sparse random
+    projection when the vocabulary is larger. `dims=None` never projects (then the result is n x V: mind the memory).
+    Rows of texts without any vocabulary token are zero.
     """
     if isinstance(texts, str):
         raise InputError("texts must be a sequence of strings, not a single string")
@@ -109,38 +121,47 @@ def tfidf_matrix(
     if dims is not None and (not _is_int(dims) or dims < 1):
         raise InputError(f"dims must be a positive integer or None, got {dims!r}")
     seed = _check_seed(seed)
+    texts = list(texts)
     n = len(texts)
-
-    # One pass: provisional token ids in order of first occurrence.
-    index: dict[str, int] = {}
-    setdefault = index.setdefault
-    ids: list[int] = []
-    lengths = np.empty(n, dtype=np.int64)
-    findall = _WORD_TOKEN.findall
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise InputError(f"texts[{i}] is {type(text).__name__}, not a string")
-        tokens = findall(text.lower())
-        ids.extend([setdefault(t, len(index)) for t in tokens])
-        lengths[i] = len(tokens)
-    if not index:
+    if n == 0:
+        return np.zeros((0, 0), dtype=np.float64)
+
+    # Tokenise the whole pool with one regex call: texts joined by a NUL sentinel token (NUL is not a word character,
+    # so it never joins two words; NULs inside texts are blanked first so that every sentinel is a boundary).
+    joined = f" {_SENTINEL} ".join(t.replace(_SENTINEL, " ") if _SENTINEL in t else t for t in texts)
+    tokens = _TOKEN_OR_SENTINEL.findall(joined.lower())
+    del joined
+    index = dict.fromkeys(tokens)  # distinct tokens in order of first occurrence
+    index[_SENTINEL] = None
+    for j, token in enumerate(index):
+        index[token] = j
+    all_ids = np.fromiter(map(index.__getitem__, tokens), dtype=np.int64, count=len(tokens))
+    del tokens
+    sentinel_id = index[_SENTINEL]
+    bounds = np.flatnonzero(all_ids == sentinel_id)  # n - 1 of them
+    lengths = np.diff(np.concatenate(([-1], bounds, [all_ids.size]))) - 1
+    words = np.delete(all_ids, bounds)
+    del all_ids
+    if words.size == 0:
         return np.zeros((n, 0), dtype=np.float64)
-    all_ids = np.fromiter(ids, dtype=np.int64, count=len(ids))
-    del ids
 
     # Vocabulary: highest total count first, ties by token string.
-    counts = np.bincount(all_ids, minlength=len(index))
-    tokens_arr = np.array(list(index), dtype=object)
-    order = sorted(range(len(index)), key=lambda j: (-int(counts[j]), tokens_arr[j]))[:max_features]
+    counts = np.bincount(words, minlength=len(index))
+    names = list(index)
+    present = np.flatnonzero(counts)
+    order = sorted(present.tolist(), key=lambda j: (-int(counts[j]), names[j]))[:max_features]
     vocab_size = len(order)
     remap = np.full(len(index), -1, dtype=np.int64)
     remap[np.asarray(order, dtype=np.int64)] = np.arange(vocab_size, dtype=np.int64)
 
-    term = remap[all_ids]
+    term = remap[words]
     doc = np.repeat(np.arange(n, dtype=np.int64), lengths)
     keep = term >= 0
     keys, tf = np.unique(doc[keep] * vocab_size + term[keep], return_counts=True)  # sorted by (doc, term)
-    del all_ids, term, doc, keep
+    del words, term, doc, keep
     doc_e = keys // vocab_size
     term_e = keys % vocab_size
     df = np.bincount(term_e, minlength=vocab_size)
@@ -154,16 +175,23 @@ def tfidf_matrix(
         out[doc_e, term_e] = weight
         return out
 
-    projection = np.random.default_rng(seed).standard_normal((vocab_size, dims)) / math.sqrt(dims)
+    # Sparse random projection: token v adds +-1/sqrt(s) times its weight to s distinct columns.
+    rng = np.random.default_rng(seed)
+    s = min(_PROJECTION_NONZEROS, dims)
+    columns = np.argsort(rng.random((vocab_size, dims)), axis=1, kind="stable")[:, :s]
+    signs = (rng.integers(0, 2, size=(vocab_size, s)) * 2 - 1) / math.sqrt(s)
     out = np.zeros((n, dims), dtype=np.float64)
-    step = max(1, _CHUNK_ENTRIES // dims)
-    for a in range(0, keys.size, step):
-        b = min(a + step, keys.size)
-        d = doc_e[a:b]
-        starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
-        block = projection[term_e[a:b]]
-        block *= weight[a:b, None]
-        out[d[starts]] += np.add.reduceat(block, starts, axis=0)  # d[starts] are distinct
+    flat = out.reshape(-1)
+    doc_starts = np.searchsorted(doc_e, np.arange(n + 1))  # entries of document i: doc_starts[i]:doc_starts[i+1]
+    step = max(1, _CHUNK_ENTRIES // dims)  # documents per chunk
+    for d0 in range(0, n, step):
+        d1 = min(d0 + step, n)
+        a, b = doc_starts[d0], doc_starts[d1]
+        if a == b:
+            continue
+        cells = (doc_e[a:b, None] - d0) * dims + columns[term_e[a:b]]
+        values = weight[a:b, None] * signs[term_e[a:b]]
+        flat[d0 * dims : d1 * dims] = np.bincount(cells.ravel(), weights=values.ravel(), minlength=(d1 - d0) * dims)
     _normalise_rows(out)
     return out
 
@@ -308,10 +336,15 @@ def _lloyd(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def choose_diverse(x: np.ndarray, candidates: np.ndarray, k: int, seed: int) -> list[int]:
-    """`k` distinct rows of `x` among `candidates` (row indices): k-means with k clusters on the candidate rows, the
-    member nearest each centroid (ties by row index). A cluster left empty takes, in cluster order, the unused
-    candidate nearest its centroid. Returns row indices sorted ascending."""
+def choose_diverse(
+    x: np.ndarray, candidates: np.ndarray, k: int, seed: int, *, max_fit_rows: int = MAX_FIT_ROWS
+) -> list[int]:
+    """`k` distinct rows of `x` among `candidates` (row indices), sorted ascending.
+
+    k-means with k clusters on the candidate rows (on a seeded uniform sample of `max_fit_rows` of them when there
+    are more), every candidate assigned to its nearest centroid, and the member nearest each centroid taken (ties by
+    row index). A cluster left without a member takes, in cluster order, the unused candidate nearest its centroid.
+    """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise InputError(f"features must be a 2-D array, got shape {x.shape}")
@@ -327,28 +360,42 @@ def choose_diverse(x: np.ndarray, candidates: np.ndarray, k: int, seed: int) -> 
         raise InputError("candidates contain duplicate indices")
     if not _is_int(k) or not 1 <= k <= cand.size:
         raise InputError(f"k must be an integer between 1 and the number of candidates ({cand.size}), got {k!r}")
+    if not _is_int(max_fit_rows) or max_fit_rows < k:
+        raise InputError(f"max_fit_rows must be an integer of at least k ({k}), got {max_fit_rows!r}")
+    seed = _check_seed(seed)
+    k = int(k)
     if k == cand.size:
         return cand.tolist()
 
-    sub = x[cand]
-    centroids, labels = kmeans(sub, int(k), seed)
-    # Exact squared distance of each candidate to its own centroid, in row chunks.
+    fit = cand
+    if cand.size > max_fit_rows:
+        fit = np.sort(np.random.default_rng([seed, _SAMPLE_STREAM]).choice(cand, size=int(max_fit_rows), replace=False))
+    centroids, _ = kmeans(x[fit], k, seed)
+
+    # Every candidate's nearest centroid (ties to the lower id) and its exact squared distance, in row chunks.
+    labels = np.empty(cand.size, dtype=np.int64)
     own = np.empty(cand.size, dtype=np.float64)
-    step = _row_chunk(sub.shape[1])
+    step = _row_chunk(max(k, x.shape[1]))
     for a in range(0, cand.size, step):
         b = min(a + step, cand.size)
-        diff = sub[a:b] - centroids[labels[a:b]]
+        rows = x[cand[a:b]]
+        lab, _, _ = _assign(rows, np.einsum("ij,ij->i", rows, rows), centroids, want_sums=False)
+        diff = rows - centroids[lab]
+        labels[a:b] = lab
         own[a:b] = np.einsum("ij,ij->i", diff, diff)
     order = np.lexsort((np.arange(cand.size), own, labels))  # by cluster, then distance, then row
     first = np.r_[True, labels[order][1:] != labels[order][:-1]]
     picked = {int(labels[i]): int(i) for i in order[first]}
     used = np.zeros(cand.size, dtype=bool)
     used[list(picked.values())] = True
-    for j in range(int(k)):
+    for j in range(k):
         if j in picked:
             continue
-        diff = sub - centroids[j]
-        d = np.einsum("ij,ij->i", diff, diff)
+        d = np.empty(cand.size, dtype=np.float64)
+        for a in range(0, cand.size, step):
+            b = min(a + step, cand.size)
+            diff = x[cand[a:b]] - centroids[j]
+            d[a:b] = np.einsum("ij,ij->i", diff, diff)
         d[used] = np.inf
         i = int(np.argmin(d))  # lowest row among equals
         picked[j] = i

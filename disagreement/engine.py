@@ -202,12 +202,14 @@ def analyze(batch: AnnotationBatch, params: EngineParams | None = None) -> Disag
     ss, se, st = batch.span_start[keep], batch.span_end[keep], batch.span_type[keep]
 
     f1, co = pairwise_agreement(n_docs, K, S, sd, sk, ss, se, st)
+    # Sums below run over sorted values or in a canonical annotator order, so that renaming or reordering
+    # annotators cannot change a single bit of any score (and so cannot flip a token at the threshold).
     off = ~np.eye(K, dtype=bool)
-    mean_agreement = np.where(off, f1, 0.0).sum(axis=1) / (K - 1)
+    mean_agreement = np.sort(np.where(off, f1, 0.0), axis=1).sum(axis=1) / (K - 1)
     raw = np.maximum(params.weight_floor, mean_agreement)
-    weights = raw / raw.sum()
+    weights = raw / np.sort(raw).sum()
     iu = np.triu_indices(K, 1)
-    mean_pairwise = float(f1[iu].mean())
+    mean_pairwise = float(np.sort(f1[iu]).sum() / iu[0].size)
     elite_idx = elite_members(models, weights, params.coalition_cutoff)
     elite = [models[i] for i in elite_idx]
 
@@ -221,19 +223,22 @@ def analyze(batch: AnnotationBatch, params: EngineParams | None = None) -> Disag
     elite_mask = np.zeros(K, dtype=bool)
     elite_mask[elite_idx] = True
 
+    # canonical column order for token-level sums: weight descending, then name (equal weights are equal values)
+    canon = np.array(sorted(range(K), key=lambda i: (-float(weights[i]), models[i])), dtype=np.int64)
+    labels_c, S_c, weights_c, elite_c = labels[:, canon], S[:, canon], weights[canon], elite_mask[canon]
     T = len(batch.types)
     n = table.n_tokens
     out = {name: np.zeros(n) for name in ("conflict", "type", "boundary", "combined", "tv", "ei", "ri", "dom")}
     consensus = np.zeros(n, dtype=np.int64)
-    w_all = _row_normalise(S * weights)  # (n_docs, K): weights renormalised among those who succeeded
-    w_elite = _row_normalise(S * (weights * elite_mask))
-    w_rest = _row_normalise(S * (weights * ~elite_mask))
-    n_elite = (S & elite_mask).sum(axis=1)
-    n_rest = (S & ~elite_mask).sum(axis=1)
+    w_all = _row_normalise(S_c * weights_c)  # (n_docs, K): weights renormalised among those who succeeded
+    w_elite = _row_normalise(S_c * (weights_c * elite_c))
+    w_rest = _row_normalise(S_c * (weights_c * ~elite_c))
+    n_elite = (S_c & elite_c).sum(axis=1)
+    n_rest = (S_c & ~elite_c).sum(axis=1)
     for a in range(0, n, CHUNK):
         b = min(n, a + CHUNK)
         docs = tok_doc[a:b]
-        lab = labels[a:b]
+        lab = labels_c[a:b]
         p = _distribution(lab, w_all[docs], T)
         conf, typ, bnd = token_scores(p)
         out["conflict"][a:b], out["type"][a:b], out["boundary"][a:b] = conf, typ, bnd

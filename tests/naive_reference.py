@@ -41,6 +41,11 @@ def f1(a_spans, b_spans, co_docs):
     return 2 * len(A & B) / (len(A) + len(B))
 
 
+def label_key(y):
+    """The engine's label order: O, then per type (string order) B before I."""
+    return (0, "", 0) if y == "O" else (1, y[2:], 0 if y[0] == "B" else 1)
+
+
 def analyze(docs, percentile=80.0, cutoff=0.5, floor=0.1):
     """docs: list of (id, text, {annotator: [(s, e, t)] or None}). Returns a dict shaped like the CLI's JSON."""
     names = sorted({a for _, _, ann in docs for a in ann})
@@ -51,12 +56,15 @@ def analyze(docs, percentile=80.0, cutoff=0.5, floor=0.1):
         raise ValueError("fewer than two annotators")
     spans = {a: {(d, s, e, t) for d, (_, _, ann) in enumerate(docs) for (s, e, t) in (ann.get(a) or [])} for a in models}
     pf = {a: {b: f1(spans[a], spans[b], ok[a] & ok[b]) for b in models if b != a} for a in models}
-    mean_agree = {a: sum(pf[a].values()) / (len(models) - 1) for a in models}
+    # Summation order is part of the contract that makes results independent of annotator names and order:
+    # means over sorted values, and token sums in the order (weight descending, name).
+    mean_agree = {a: float(np.sort(np.array(list(pf[a].values()) + [0.0])).sum()) / (len(models) - 1) for a in models}
     raw = {a: max(floor, mean_agree[a]) for a in models}
-    tot = sum(raw.values())
+    tot = float(np.sort(np.array(list(raw.values()))).sum())
     w = {a: raw[a] / tot for a in models}
     pairs = [pf[a][b] for i, a in enumerate(models) for b in models[i + 1:]]
-    mean_pw = sum(pairs) / len(pairs)
+    mean_pw = float(np.sort(np.array(pairs)).sum()) / len(pairs)
+    canonical = sorted(models, key=lambda m: (-w[m], m))
     elite, acc = [], 0.0
     for a in sorted(models, key=lambda m: (-w[m], m)):
         elite.append(a)
@@ -68,13 +76,13 @@ def analyze(docs, percentile=80.0, cutoff=0.5, floor=0.1):
     all_u = []
     for d, (doc_id, text, ann) in enumerate(docs):
         toks = tokens(text)
-        succ = [a for a in models if ann.get(a) is not None]
+        succ = [a for a in canonical if ann.get(a) is not None]
         labels = {}
         for a in succ:
             labels[a], n = to_iob2(text, ann[a])
             dropped[a] += n
         scored = len(succ) >= 2
-        wsum = sum(w[a] for a in succ)
+        wsum = float(np.array([w[a] for a in succ]).sum()) if succ else 0.0
         conf, typ, bnd, comb, cons = [], [], [], [], []
         for i in range(len(toks)):
             p = {}
@@ -86,7 +94,8 @@ def analyze(docs, percentile=80.0, cutoff=0.5, floor=0.1):
                 q[c] = q.get(c, 0.0) + v
             qB = sum(v for y, v in p.items() if y.startswith("B-"))
             qI = sum(v for y, v in p.items() if y.startswith("I-"))
-            dc = 1 - sum(v * v for v in p.values())  # summation order: first-seen label
+            order = sorted(p, key=label_key)
+            dc = 1 - float(np.array([p[y] * p[y] for y in order]).sum())
             m = 1 - q.get("O", 0.0)
             dt = 0.0 if m <= 1e-12 else 1 - sum((v / m) ** 2 for c, v in q.items() if c != "O")
             ub = max(4 * qB * (1 - qB), 4 * qI * (1 - qI))

@@ -249,7 +249,7 @@ def test_identical_annotators_agree_fully(docs):
     assert all(d["hotspots"] == [] for d in out["documents"])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(annotated_documents(), st.randoms(use_true_random=False))
 def test_renaming_and_reordering_annotators_changes_only_names(docs, rnd):
     try:
@@ -276,9 +276,11 @@ def test_renaming_and_reordering_annotators_changes_only_names(docs, rnd):
     if not ties:  # with tied weights the elite boundary is broken by name, which renaming may change
         assert sorted(rename[m] for m in out["elite"]) == sorted(out2["elite"])
     assert out2["mean_pairwise_f1"] == pytest.approx(out["mean_pairwise_f1"], abs=1e-12)
+    assert out2["threshold"] == out["threshold"]  # bit-identical: sums run in a name-independent order
     for d1, d2 in zip(out["documents"], out2["documents"]):
-        assert d1["consensus"] == d2["consensus"] or ties
-        assert d1["hotspots"] == d2["hotspots"] or ties
+        assert d1["consensus"] == d2["consensus"]
+        assert d1["hotspots"] == d2["hotspots"]
+        assert d1["token_scores"] == d2["token_scores"]
 
 
 # ---------------------------------------------------------------- the CLI

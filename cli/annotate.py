@@ -1,0 +1,159 @@
+"""`diziner annotate --run RUN_DIR --docs DOCS --out PRED.jsonl [--round T --annotator NAME] [--limit N]` (issue 3).
+
+Applies the configuration `diziner refine` selected (RUN_DIR/guideline.json), or the one annotator NAME used in
+round T, to a corpus, with that annotator's model as saved in RUN_DIR/run.json, concurrently up to the model's
+limit. Document ids and texts are the reader's, and entity types are written back as the dataset's labels through
+the task's label mapping, so `diziner evaluate --gold DOCS --pred PRED.jsonl` works directly. A document the
+model fails on is left out of PRED (its gold spans then count as misses) and reported on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cli import rundir
+from state.errors import InputError
+
+PROG = "diziner annotate"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = (
+        "Without --round/--annotator the selected configuration (RUN_DIR/guideline.json) is applied with the selected\n"
+        "annotator's model. PRED is JSONL {id, text, entities: [{start, end, type}]} with the dataset's labels;\n"
+        "documents that failed are left out and counted on stderr. Exit codes: 0 done (even with some failed\n"
+        "documents), 2 bad input, 1 every document failed."
+    )
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by `diziner refine`")
+    p.add_argument("--docs", required=True, metavar="DOCS", help="documents to annotate (JSONL or CoNLL; gold entities are ignored)")
+    p.add_argument("--out", required=True, metavar="PRED.jsonl", help="predictions (JSONL), written whole")
+    p.add_argument("--round", type=int, metavar="T", help="with --annotator: the configuration of round T ...")
+    p.add_argument("--annotator", metavar="NAME", help="... that annotator NAME used (and NAME's model)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N documents (evaluate against the same N)")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_configuration(run_dir: Path, info: dict[str, Any], round_: int | None, annotator: str | None):
+    """(round, annotator, TaskConfiguration) chosen by the options: the selected one, or NAME's in round T."""
+    from pydantic import ValidationError
+
+    from state.models import TaskConfiguration, describe_validation_error
+
+    specs, _ = rundir.model_specs(info)
+    if (round_ is None) != (annotator is None):
+        raise InputError("give --round and --annotator together (or neither, for the selected configuration)")
+    if annotator is not None:
+        if annotator not in specs:
+            raise InputError(f"--annotator {annotator!r} is not an annotator of this run ({', '.join(specs)})")
+        path = rundir.configuration_path(run_dir, round_, annotator)
+        if not path.is_file():
+            rounds = rundir.round_numbers(run_dir)
+            raise InputError(
+                f"no configuration of {annotator} in round {round_} (rounds with files: "
+                f"{', '.join(map(str, rounds)) or 'none'})", path=str(run_dir))
+        data = rundir.read_json(path, "configuration")
+    else:
+        path = run_dir / rundir.GUIDELINE_JSON
+        if not path.is_file():
+            raise InputError(
+                "the run has no selected configuration yet (guideline.json): it has not finished; continue it with "
+                f"`diziner refine --resume {run_dir}`, or name a configuration with --round and --annotator",
+                path=str(run_dir))
+        data = rundir.read_json(path, "guideline.json")
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object", path=str(path))
+    try:
+        configuration = TaskConfiguration.model_validate({k: v for k, v in data.items() if k not in ("round", "annotator")})
+    except ValidationError as exc:
+        raise InputError(describe_validation_error(exc), path=str(path)) from None
+    name = data.get("annotator", annotator)
+    if name not in specs:
+        raise InputError(f"the configuration names annotator {name!r}, which run.json does not list", path=str(path))
+    return int(data.get("round", round_ or 0)), name, configuration, specs[name]
+
+
+def run(args: argparse.Namespace) -> int:
+    from corpus.io import Document as CorpusDocument
+    from corpus.io import read_documents, write_jsonl
+    from state.models import TaskDefinition
+
+    run_dir = Path(args.run)
+    info = rundir.read_run(run_dir)
+    task = TaskDefinition.from_data(info["task_definition"], source=str(run_dir / rundir.RUN_FILE))
+    round_, annotator, configuration, spec = load_configuration(run_dir, info, args.round, args.annotator)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {args.limit}")
+    out = Path(args.out)
+    if out.exists() and out.resolve() == Path(args.docs).resolve():
+        raise InputError("--out would overwrite --docs", path=str(out))
+    if not out.parent.is_dir():
+        raise InputError("the output's directory does not exist", path=str(out))
+    docs, stats = read_documents(args.docs)
+    for msg in stats.warnings(args.docs):
+        _say(f"{PROG}: warning: {msg}")
+    if args.limit is not None:
+        docs = docs[: args.limit]
+    if not docs:
+        raise InputError("no documents to annotate", path=args.docs)
+
+    _say(f"{PROG}: {len(docs)} document(s) with {annotator}, configuration of round {round_}")
+    started = time.perf_counter()
+    outputs = asyncio.run(_annotate(spec, configuration, docs, round_))
+    labels = task.to_dataset_label()
+    by_id = {o.document_id: o for o in outputs}
+    kept, failed = [], []
+    for d in docs:
+        o = by_id.get(d.id)
+        if o is None or o.status != "ok":
+            failed.append((d.id, o.reason if o is not None else "no output"))
+            continue
+        spans = sorted({(s.start, s.end, labels.get(s.type, s.type)) for s in o.spans})
+        kept.append(CorpusDocument(d.id, d.text, list(spans), d.tokens, dict(d.extra)))
+    write_jsonl(out, kept)
+    seconds = time.perf_counter() - started
+    n_spans = sum(len(d.entities or []) for d in kept)
+    _say(f"{PROG}: wrote {out}: {len(kept)} document(s), {n_spans} entities ({seconds:.1f} s)")
+    if failed:
+        first = "; ".join(f"{i}: {r}" for i, r in failed[:3])
+        _say(f"{PROG}: {len(failed)} of {len(docs)} document(s) failed and were left out (their gold entities count as "
+             f"misses): {first}{' ...' if len(failed) > 3 else ''}")
+    if not kept:
+        _say(f"{PROG}: every document failed")
+        return 1
+    return 0
+
+
+async def _annotate(spec, configuration, docs, round_: int):
+    from agents.annotator import annotate_documents
+    from agents.models import chat_model
+    from state.models import Document
+
+    model = await asyncio.to_thread(chat_model, spec)
+    try:
+        model = model.model_copy(update={"name": spec.name})
+    except Exception:  # a model class that cannot be copied keeps its own name
+        pass
+    documents = [Document(id=d.id, text=d.text) for d in docs]
+    total = len(documents)
+    step = max(1, total // 10)
+    seen = 0
+
+    def config_for(doc: Document) -> dict[str, Any]:
+        nonlocal seen
+        seen += 1
+        if total >= 20 and seen % step == 0:
+            _say(f"{PROG}: {seen}/{total} documents started")
+        return {"run_name": f"annotate {doc.id}", "tags": ["annotator", spec.name, "apply"],
+                "metadata": {"annotator": spec.name, "round": round_, "document": doc.id, "phase": "apply"}}
+
+    outputs, _ = await annotate_documents(model, spec, configuration, documents, round_, config_for)
+    return outputs

@@ -1,0 +1,495 @@
+"""`diziner refine`: run the pilot-annotation loop into a run directory, resumable after any interruption (issue 3).
+
+New run:  diziner refine --task TASK --docs POOL --out RUN_DIR [options]
+Resume:   diziner refine --resume RUN_DIR      (or the new-run command again with --resume added)
+
+The graph is compiled with an AsyncSqliteSaver whose database lives in RUN_DIR and run with durability="sync", so
+a run killed even with SIGKILL resumes from its last checkpoint (same thread id, `input=None`) without repeating a
+finished node. The run context is not checkpointed: run.json keeps it, with the thread id, the input files'
+paths and hashes, the resolved model specs and the task. After every super-step the files of the run directory
+are rewritten from the checkpointed state (see `cli.rundir`). Progress goes to stderr, one line per finished node.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before LangGraph is imported (lazily, below): Pydantic state types round-trip through the checkpoints.
+os.environ["LANGGRAPH_STRICT_MSGPACK"] = "true"
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from cli import rundir  # noqa: E402
+from state.errors import InputError  # noqa: E402
+
+PROG = "diziner refine"
+
+# run-context fields settable from the command line: flag -> (field, type, help)
+SETTINGS: dict[str, tuple[str, Any, str]] = {
+    "--max-loops": ("max_loops", int, "annotation rounds at most, 1-5 (default %(default)s)"),
+    "--pilot-size": ("pilot_size", int, "documents per pilot set (default %(default)s)"),
+    "--seed": ("seed", int, "seed of the pilot-set selection (default %(default)s)"),
+    "--min-gain": ("min_gain", float, "a round is stale unless its agreement beats the best so far by more than this (default %(default)s)"),
+    "--patience": ("patience", int, "consecutive stale rounds that stop the run (default %(default)s)"),
+    "--max-patterns": ("max_patterns", int, "supervisor phase 1: disagreement patterns at most (default %(default)s)"),
+    "--max-common-instructions": ("max_common_instructions", int, "top-level common instructions in force at most (default %(default)s)"),
+    "--max-model-instructions": ("max_model_instructions", int, "instructions per annotator at most (default %(default)s)"),
+    "--percentile": ("percentile", float, "hotspot threshold percentile (default %(default)s)"),
+    "--max-report-examples": ("max_report_examples", int, "report examples per error type (default %(default)s)"),
+}
+SWITCHES: dict[str, tuple[str, str]] = {
+    "--cumulative": ("cumulative", "refine the guideline in force (default); --no-cumulative restarts each round from "
+                     "no instructions and the original goal, as the reference code does"),
+    "--diagnose-all": ("diagnose_all", "supervisor phase 2 diagnoses every annotator, not only the non-elite (default: off)"),
+}
+
+EPILOG = """\
+Resuming:
+  diziner refine --resume RUN_DIR
+      continues an interrupted run (even one killed with kill -9) from its last checkpoint with the settings
+      saved in RUN_DIR/run.json; finished nodes are not repeated. On a finished run it says so and exits 0.
+  diziner refine --task TASK --docs POOL --out RUN_DIR --resume
+      the same, or a new run when RUN_DIR is empty or does not exist. Options given together with --resume must
+      match the saved run (same inputs, models and settings).
+
+RUN_DIR holds summary.json, guideline.json, guideline.md, round-<t>/ (annotations.jsonl, configurations/,
+report.md, phase1_patterns.json .. phase4_organization.json, failed.json), run.json and checkpoints.sqlite.
+Exit codes: 0 done, 2 bad input, 1 failure (the run can then be resumed), 130 interrupted (resumable).
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from graph.context import DizinerContext
+
+    defaults = {name: f.default for name, f in DizinerContext.model_fields.items()}
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
+    io = p.add_argument_group("inputs and output")
+    io.add_argument("--task", metavar="TASK", help="task file (YAML): entity types, final task goal, label mapping")
+    io.add_argument("--docs", metavar="POOL", help="the unlabelled pool: JSONL {id, text} or CoNLL (gold entities are ignored)")
+    io.add_argument("--out", metavar="RUN_DIR", help="run directory; must be empty or new unless --resume or --overwrite")
+    io.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                    help="continue the run in RUN_DIR (or in --out) from its last checkpoint")
+    io.add_argument("--overwrite", action="store_true",
+                    help="start afresh in a run directory of an earlier run (removes its run files; other files stay)")
+    models = p.add_argument_group("models (default: annotators embedded:smollm2,embedded:gemma3-270m, supervisor embedded:smollm2)")
+    models.add_argument("--config", metavar="RUN.yaml",
+                        help="run file listing annotators and supervisor with per-model settings (base URL, key variable, "
+                             "temperature, max tokens, timeout, concurrency); excludes --annotators/--supervisor")
+    models.add_argument("--annotators", metavar="A,B,...", help="annotator model specs provider:model, comma-separated (two or more)")
+    models.add_argument("--supervisor", metavar="S", help="supervisor model spec provider:model")
+    loop = p.add_argument_group("loop settings")
+    for flag, (field, typ, help_text) in SETTINGS.items():
+        loop.add_argument(flag, type=typ, default=None, metavar="N" if typ is int else "X",
+                          help=help_text % {"default": defaults[field]})
+    for flag, (field, help_text) in SWITCHES.items():
+        loop.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    out = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in SETTINGS.items()}
+    out.update({field: getattr(args, field) for field, _ in SWITCHES.values()})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+_FLAG_OF = {field: flag for flag, (field, _, _) in SETTINGS.items()} | {f: flag for flag, (f, _) in SWITCHES.items()}
+
+
+def _context(data: dict[str, Any]):
+    """A DizinerContext from settings, bad values named by their command-line flag."""
+    from pydantic import ValidationError
+
+    from graph.context import DizinerContext
+
+    try:
+        return DizinerContext.model_validate(data)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err.get("loc") else ""
+            msg = err.get("msg", "invalid").removeprefix("Value error, ")
+            parts.append(f"{_FLAG_OF.get(field, field)}: {msg}" if field else msg)
+        raise InputError("; ".join(parts)) from None
+
+
+def _split_names(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def _visible_entries(path: Path) -> list[str]:
+    """Entries of an existing directory, the lock file of a run that died before writing anything excepted."""
+    return sorted(e.name for e in path.iterdir() if e.name != rundir.LOCK_FILE)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def run(args: argparse.Namespace) -> int:
+    resume = args.resume
+    if resume is not None and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    if isinstance(resume, str):
+        if args.out and Path(args.out).resolve() != Path(resume).resolve():
+            raise InputError(f"--resume {resume} and --out {args.out} name different run directories")
+        run_dir = Path(resume)
+    elif args.out:
+        run_dir = Path(args.out)
+    else:
+        raise InputError("name the run directory: --out RUN_DIR (new run) or --resume RUN_DIR")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError("the run directory is not a directory", path=str(run_dir))
+    if resume is not None and rundir.is_run_dir(run_dir):
+        return _resume(run_dir, args)
+    if resume is not None and not (args.task and args.docs):
+        raise InputError("nothing to resume: no run.json in this directory (start a run with --task, --docs and --out)",
+                         path=str(run_dir))
+    return _start(run_dir, args)
+
+
+# ---------------------------------------------------------------- a new run
+
+
+def _read_inputs(task_path: str, docs_path: str):
+    """The task and the pool as graph input, validated; a labelled pool's entities are dropped (with a note)."""
+    from corpus.io import read_documents
+    from state.models import TaskDefinition
+
+    task = TaskDefinition.from_yaml(task_path)
+    docs, stats = read_documents(docs_path)
+    for msg in stats.warnings(docs_path):
+        _say(f"{PROG}: warning: {msg}")
+    if not docs:
+        raise InputError("the pool holds no documents", path=docs_path)
+    labelled = sum(1 for d in docs if d.entities is not None)
+    if labelled:
+        _say(f"{PROG}: note: gold entities of {labelled} pool document(s) are ignored (the loop needs no labels)")
+    empty = sum(1 for d in docs if not d.text.strip())
+    if empty:
+        _say(f"{PROG}: warning: {empty} pool document(s) have no text")
+    graph_input = {"task": task.model_dump(mode="json"), "documents": [{"id": d.id, "text": d.text} for d in docs]}
+    return task, graph_input, stats.format
+
+
+def _start(run_dir: Path, args: argparse.Namespace) -> int:
+    from agents.models import RunConfig, load_run_config
+
+    missing = [flag for flag, v in (("--task", args.task), ("--docs", args.docs)) if not v]
+    if missing:
+        raise InputError(f"a new run needs {' and '.join(missing)}")
+    # 1. every input, before the run directory is touched
+    task, graph_input, fmt = _read_inputs(args.task, args.docs)
+    if args.config and (args.annotators or args.supervisor):
+        raise InputError("give the models either in --config or with --annotators/--supervisor, not both")
+    if args.config:
+        rc = load_run_config(args.config)
+    else:
+        rc = RunConfig.from_names(_split_names(args.annotators) if args.annotators is not None else None, args.supervisor)
+    settings = _given_settings(args)
+    context_data = {
+        "annotators": [s.name for s in rc.annotators],
+        "supervisor": rc.supervisor.name,
+        "run_config": str((run_dir / rundir.RUN_CONFIG_COPY).resolve()) if args.config else "",
+        **settings,
+    }
+    ctx = _context(context_data)
+    # 2. the run directory
+    if run_dir.is_dir():
+        entries = _visible_entries(run_dir)
+        if entries and not args.overwrite:
+            raise InputError(
+                f"the run directory is not empty ({len(entries)} entries): choose a new directory, add --resume to "
+                f"continue the run in it, or --overwrite to start it afresh", path=str(run_dir))
+        if entries and not rundir.is_run_dir(run_dir):
+            raise InputError("--overwrite refused: not a diziner run directory (no run.json); its files are not "
+                             "removed, choose another directory", path=str(run_dir))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the run directory: {exc.strerror or exc}", path=str(run_dir)) from None
+    with rundir.RunLock(run_dir):
+        if args.overwrite:
+            kept = rundir.clear_run_dir(run_dir)
+            if [k for k in kept if k != rundir.LOCK_FILE]:
+                _say(f"{PROG}: note: kept files that are not the run's: {', '.join(k for k in kept if k != rundir.LOCK_FILE)}")
+        if args.config:
+            shutil.copyfile(args.config, run_dir / rundir.RUN_CONFIG_COPY)
+        stored_context = ctx.model_dump(mode="json")
+        if args.config:
+            stored_context["run_config"] = rundir.RUN_CONFIG_COPY  # relative to the run directory
+        info = {
+            "format": rundir.RUN_FORMAT,
+            "thread_id": uuid.uuid4().hex,
+            "created": _now(),
+            "task": {"path": str(Path(args.task).resolve()), "sha256": rundir.file_sha256(args.task)},
+            "docs": {"path": str(Path(args.docs).resolve()), "sha256": rundir.file_sha256(args.docs), "format": fmt,
+                     "documents": len(graph_input["documents"])},
+            "run_config": ({"path": str(Path(args.config).resolve()), "sha256": rundir.file_sha256(args.config),
+                            "copy": rundir.RUN_CONFIG_COPY} if args.config else None),
+            "context": stored_context,
+            "models": {"annotators": [s.model_dump(mode="json") for s in rc.annotators],
+                       "supervisor": rc.supervisor.model_dump(mode="json")},
+            "task_definition": task.model_dump(mode="json"),
+            "sessions": [],
+        }
+        _say(f"{PROG}: run {info['thread_id']} in {run_dir}: {len(graph_input['documents'])} documents, annotators "
+             f"{', '.join(ctx.annotators)}, supervisor {ctx.supervisor}, at most {ctx.max_loops} round(s) of "
+             f"{ctx.pilot_size} documents, seed {ctx.seed}")
+        return _execute(run_dir, info, ctx, graph_input)
+
+
+# ---------------------------------------------------------------- resuming
+
+
+def _saved_context(run_dir: Path, info: dict[str, Any]):
+    data = dict(info["context"])
+    if data.get("run_config"):
+        copy = run_dir / data["run_config"]
+        if not copy.is_file():
+            raise InputError(f"the run's copy of its run file is missing: {copy}", path=str(run_dir))
+        data["run_config"] = str(copy.resolve())
+    return _context(data)
+
+
+def _check_resume_arguments(run_dir: Path, info: dict[str, Any], ctx, args: argparse.Namespace) -> None:
+    """Options repeated with --resume must agree with the saved run: a resumed run never changes its settings."""
+    diffs = []
+    for field, value in _given_settings(args).items():
+        if getattr(ctx, field) != value:
+            diffs.append(f"{_FLAG_OF[field]} {value} (the run has {getattr(ctx, field)})")
+    for flag, path, key in (("--task", args.task, "task"), ("--docs", args.docs, "docs")):
+        if path:
+            saved = (info.get(key) or {}).get("sha256")
+            try:
+                same = rundir.file_sha256(path) == saved
+            except OSError as exc:
+                raise InputError(f"cannot read {flag}: {exc.strerror or exc}", path=path) from None
+            if not same:
+                diffs.append(f"{flag} {path} (differs from the file the run started from)")
+    if args.config:
+        saved = (info.get("run_config") or {}).get("sha256")
+        if saved is None or rundir.file_sha256(args.config) != saved:
+            diffs.append(f"--config {args.config} (the run used {'another run file' if saved else 'none'})")
+    if args.annotators is not None and _split_names(args.annotators) != list(ctx.annotators):
+        diffs.append(f"--annotators {args.annotators} (the run has {','.join(ctx.annotators)})")
+    if args.supervisor is not None and args.supervisor != ctx.supervisor:
+        diffs.append(f"--supervisor {args.supervisor} (the run has {ctx.supervisor})")
+    if diffs:
+        raise InputError("a resumed run keeps its saved settings; these options disagree with it: " + "; ".join(diffs),
+                         path=str(run_dir))
+
+
+def _resume(run_dir: Path, args: argparse.Namespace) -> int:
+    info = rundir.read_run(run_dir)
+    ctx = _saved_context(run_dir, info)
+    _check_resume_arguments(run_dir, info, ctx, args)
+    with rundir.RunLock(run_dir):
+        return _execute(run_dir, info, ctx, None)
+
+
+def _inputs_again(info: dict[str, Any]) -> dict[str, Any]:
+    """A run killed before its first checkpoint starts over from its recorded inputs (if they are unchanged)."""
+    docs_path = info["docs"]["path"]
+    try:
+        same = rundir.file_sha256(docs_path) == info["docs"]["sha256"]
+    except OSError as exc:
+        raise InputError(f"the run has no checkpoint yet and its pool cannot be read: {exc.strerror or exc}", path=docs_path) from None
+    if not same:
+        raise InputError("the run has no checkpoint yet and its pool changed since it started", path=docs_path)
+    _, graph_input, _ = _read_inputs(info["task"]["path"], docs_path)
+    graph_input["task"] = info["task_definition"]
+    return graph_input
+
+
+# ---------------------------------------------------------------- running the graph
+
+
+def _execute(run_dir: Path, info: dict[str, Any], ctx, graph_input: dict[str, Any] | None) -> int:
+    session = {"started": _now(), "resumed": graph_input is None, "pid": os.getpid()}
+    info.setdefault("sessions", []).append(session)
+    rundir.write_json(run_dir / rundir.RUN_FILE, info)
+    started = time.perf_counter()
+    try:
+        status = asyncio.run(_run_graph(run_dir, info, ctx, graph_input))
+    except KeyboardInterrupt:
+        _say(f"{PROG}: interrupted; continue with: diziner refine --resume {run_dir}")
+        raise
+    except InputError:
+        raise
+    except Exception:
+        _say(f"{PROG}: the run stopped on an error; after fixing its cause continue with: diziner refine --resume {run_dir}")
+        raise
+    session["seconds"] = round(time.perf_counter() - started, 3)
+    session["outcome"] = status
+    rundir.write_json(run_dir / rundir.RUN_FILE, info)
+    return 0
+
+
+def _state(values: dict[str, Any]):
+    from state.graph_state import DizinerState
+
+    return DizinerState.model_validate(values)
+
+
+def _extras(info: dict[str, Any], session_started: float) -> dict[str, Any]:
+    return {"thread_id": info["thread_id"], "session_seconds": round(time.perf_counter() - session_started, 3)}
+
+
+async def _run_graph(run_dir: Path, info: dict[str, Any], ctx, graph_input: dict[str, Any] | None) -> str:
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from graph.builder import GRAPH_NAME, build_graph
+
+    config = {"configurable": {"thread_id": info["thread_id"]}}
+    t0 = time.perf_counter()
+    async with AsyncSqliteSaver.from_conn_string(str(run_dir / rundir.CHECKPOINTS)) as saver:
+        graph = build_graph().compile(checkpointer=saver, name=GRAPH_NAME)
+        progress = Progress()
+        if graph_input is None:
+            snapshot = await graph.aget_state(config)
+            if not snapshot.values or "task" not in snapshot.values:
+                _say(f"{PROG}: the run has no checkpoint yet: starting it from its recorded inputs")
+                graph_input = _inputs_again(info)
+            else:
+                state = _state(snapshot.values)
+                await _backfill(graph, config, run_dir, state)
+                if not snapshot.next:
+                    rundir.write_state(run_dir, state, finished=True, extra=_extras(info, t0))
+                    sel = state.selection
+                    chosen = f"; selected: round {sel.round}, {sel.annotator}" if sel else ""
+                    _say(f"{PROG}: the run in {run_dir} has already finished ({state.stop_reason}{chosen}); nothing to do")
+                    return "already finished"
+                rundir.write_state(run_dir, state, extra=_extras(info, t0))
+                progress.resuming(state, snapshot)
+        async for mode, event in graph.astream(
+            graph_input, config, context=ctx, stream_mode=["checkpoints", "tasks"], durability="sync"
+        ):
+            if mode == "tasks":
+                progress.task(event)
+                continue
+            values = event.get("values") or {}
+            if "task" not in values:  # the input checkpoint, before the input is applied
+                continue
+            finished = not event.get("next")
+            state = _state(values)
+            rundir.write_state(run_dir, state, finished=finished, extra=_extras(info, t0))
+            if finished:
+                progress.finished(state, run_dir)
+    return "finished"
+
+
+async def _backfill(graph, config: dict[str, Any], run_dir: Path, state) -> None:
+    """Round files a killed run had no time to write, recovered from the checkpoint history."""
+    missing = set(rundir.missing_round_files(run_dir, state))
+    if not missing:
+        return
+    async for snap in graph.aget_state_history(config):
+        values = snap.values or {}
+        if values.get("round") in missing and values.get("annotations"):
+            rundir.write_round_files(run_dir, _state(values))
+    left = rundir.missing_round_files(run_dir, state)
+    if left:
+        _say(f"{PROG}: warning: could not recover the files of round(s) {', '.join(map(str, left))} from the checkpoints")
+
+
+class Progress:
+    """One stderr line per finished node: 'round 2 · annotate · openai:x 25 docs 3 failed (12.3 s)'."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, tuple[float, Any]] = {}
+
+    def resuming(self, state, snapshot) -> None:
+        pending = [t for t in snapshot.tasks]
+        done = [t for t in pending if t.result is not None]
+        names = sorted({t.name for t in pending})
+        line = f"{PROG}: resuming at round {state.round}, next: {', '.join(names)}"
+        if done:
+            who = []
+            for t in done:
+                anns = (t.result or {}).get("annotations") if isinstance(t.result, dict) else None
+                who.append(f"{t.name} · {anns[0].annotator}" if anns else t.name)
+            line += f" ({len(done)} of {len(pending)} already done: {', '.join(who)})"
+        _say(line)
+
+    def task(self, event: dict[str, Any]) -> None:
+        if "result" not in event:
+            self._started[event["id"]] = (time.perf_counter(), event.get("input"))
+            return
+        t0, inp = self._started.pop(event["id"], (None, None))
+        seconds = time.perf_counter() - t0 if t0 is not None else 0.0
+        name = event["name"]
+        result = event.get("result") or {}
+        error = event.get("error")
+        round_ = getattr(inp, "round", None)
+        if name == "select_pilot" and isinstance(result.get("round"), int):
+            round_ = result["round"]
+        head = f"round {round_} · {name}" if round_ else name
+        if error is not None:
+            _say(f"{head} · failed: {type(error).__name__}: {error} ({seconds:.1f} s)")
+            return
+        _say(f"{head} · {self._describe(name, inp, result)} ({seconds:.1f} s)")
+
+    @staticmethod
+    def _describe(name: str, inp: Any, result: dict[str, Any]) -> str:
+        if name == "select_pilot":
+            pilots = result.get("pilot_history") or []
+            n = len(pilots[-1]) if pilots else 0
+            return f"{n} of {len(getattr(inp, 'documents', []) or [])} documents"
+        if name == "annotate":
+            outs = result.get("annotations") or []
+            failed = sum(1 for o in outs if o.status != "ok")
+            spans = sum(len(o.spans) for o in outs)
+            who = getattr(inp, "annotator", "?")
+            return f"{who} {len(outs)} docs {failed} failed, {spans} spans"
+        if name == "analyze_disagreement":
+            rec = (result.get("history") or [None])[-1]
+            if rec is None:
+                return "done"
+            if rec.mean_pairwise_f1 is None:
+                text = f"not analysed: {rec.error}"
+            else:
+                text = f"mean pairwise F1 {rec.mean_pairwise_f1:.4f}, {rec.hotspots} hotspots, elite {', '.join(rec.elite) or '-'}"
+            stop = result.get("stop_reason")
+            return text + (f"; stop: {stop}" if stop else "")
+        if name in rundir.PHASE_FILES:
+            sup = (result.get("supervisor") or [None])[-1]
+            failures = {k: v for k, v in (sup.failures if sup else {}).items() if k.split(":")[0] == name}
+            text = "ok" if not failures else "failed: " + "; ".join(f"{k}: {v[:120]}" for k, v in failures.items())
+            if name == "diagnose_models" and sup is not None:
+                text = f"{len(sup.diagnoses)} diagnos{'i' if len(sup.diagnoses) == 1 else 'e'}s" + ("" if not failures else f", {text}")
+            if name == "organize_guidelines":
+                rec = (result.get("history") or [None])[-1]
+                if rec is not None and rec.guideline_change is not None:
+                    text += f", guideline change {rec.guideline_change:.2f}"
+            return text
+        if name == "select_best":
+            sel = result.get("selection")
+            if sel is None:
+                return "no eligible annotator"
+            return f"round {sel.round} · {sel.annotator} (mean pairwise F1 {sel.mean_pairwise_f1:.4f})"
+        return "done"
+
+    def finished(self, state, run_dir: Path) -> None:
+        sel = state.selection
+        _say(f"{PROG}: finished after {len(state.history)} round(s): {state.stop_reason}")
+        if sel is not None:
+            _say(f"{PROG}: selected round {sel.round}, {sel.annotator}: {run_dir / rundir.GUIDELINE_MD}")
+        _say(f"{PROG}: outputs in {run_dir}/ (summary.json, round-*/, guideline.json, guideline.md)")

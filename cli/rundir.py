@@ -1,0 +1,413 @@
+"""The run directory of `diziner refine` (issue 3): its layout, run.json, and the files derived from the graph state.
+
+Layout of RUN_DIR::
+
+    run.json                    thread id, full run context, input paths and hashes, model specs, the task
+    run-config.yaml             a copy of --config (when given): a resumed run reads this copy
+    checkpoints.sqlite          the LangGraph checkpoint database (resume point)
+    summary.json                per-round figures, stop reason, selection (+ timings: the only timed file)
+    guideline.json              the selected configuration (round, annotator, schema, instructions, goal)
+    guideline.md                the same as a readable annotation guideline
+    round-<t>/annotations.jsonl the round's annotations in `diziner analyze` input format
+    round-<t>/failed.json       {annotator: {document id: reason}} for the documents an annotator failed on
+    round-<t>/configurations/<safe annotator name>.json   the configuration Θ_k each annotator used
+    round-<t>/report.md         the disagreement report
+    round-<t>/phase1_patterns.json ... phase4_organization.json   the supervisor's four phases
+
+Every file is written whole (temporary file in the same directory, then `os.replace`) and rewritten only when its
+content changes. Everything except summary.json and run.json is a pure function of the graph state: no timestamps
+or durations, documents in pool order, annotators in run order, so that a resumed run and an uninterrupted run
+with the same seed write identical bytes.
+
+Imports neither LangGraph nor LangChain (pydantic state models only), so `diziner annotate` can use it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from state.errors import InputError
+
+RUN_FILE = "run.json"
+RUN_CONFIG_COPY = "run-config.yaml"
+CHECKPOINTS = "checkpoints.sqlite"
+SUMMARY = "summary.json"
+GUIDELINE_JSON = "guideline.json"
+GUIDELINE_MD = "guideline.md"
+LOCK_FILE = ".lock"
+RUN_FORMAT = 1
+
+ANNOTATIONS = "annotations.jsonl"
+FAILED = "failed.json"
+REPORT = "report.md"
+CONFIGURATIONS = "configurations"
+PHASE_FILES = {
+    "analyze_patterns": "phase1_patterns.json",
+    "diagnose_models": "phase2_diagnoses.json",
+    "integrate_guidelines": "phase3_integration.json",
+    "organize_guidelines": "phase4_organization.json",
+}
+_ROUND_DIR = re.compile(r"round-[0-9]+")
+# names `refine --overwrite` may remove: what refine itself creates (checkpoint side files included)
+_OWN_FILES = {RUN_FILE, RUN_CONFIG_COPY, SUMMARY, GUIDELINE_JSON, GUIDELINE_MD, LOCK_FILE, CHECKPOINTS,
+              CHECKPOINTS + "-wal", CHECKPOINTS + "-shm", CHECKPOINTS + "-journal"}
+
+
+# ---------------------------------------------------------------- small file helpers
+
+
+def dumps(obj: Any) -> str:
+    """The JSON text of every JSON file in a run directory: UTF-8, indented, newline-terminated."""
+    return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
+
+
+def write_text(path: Path, text: str) -> bool:
+    """Write `text` whole (temp file + fsync + os.replace); skip when the file already holds exactly that.
+
+    Returns True when the file was (re)written. OS errors become InputError naming the file.
+    """
+    data = text.encode("utf-8")
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot write file: {exc.strerror or exc}", path=str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write file: {exc.strerror or exc}", path=str(path)) from None
+        raise
+    return True
+
+
+def write_json(path: Path, obj: Any) -> bool:
+    return write_text(path, dumps(obj))
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", path=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what}: {exc}", path=str(path)) from None
+    except ValueError as exc:
+        raise InputError(f"{what} is not valid JSON: {exc}", path=str(path)) from None
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def round_dir(run_dir: Path, round_: int) -> Path:
+    return run_dir / f"round-{round_}"
+
+
+def configuration_path(run_dir: Path, round_: int, annotator: str) -> Path:
+    from agents.models import safe_name
+
+    return round_dir(run_dir, round_) / CONFIGURATIONS / f"{safe_name(annotator)}.json"
+
+
+def round_numbers(run_dir: Path) -> list[int]:
+    """Rounds that have a directory, ascending."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(int(p.name[6:]) for p in run_dir.iterdir() if p.is_dir() and _ROUND_DIR.fullmatch(p.name))
+
+
+# ---------------------------------------------------------------- the directory itself
+
+
+def is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_FILE).is_file()
+
+
+def clear_run_dir(path: Path) -> list[str]:
+    """Remove what `refine` writes (run files, checkpoints, round-<t>/ folders, stray temporaries) and nothing
+    else; returns the names of entries left in place (the caller warns about them)."""
+    kept = []
+    for entry in sorted(path.iterdir()):
+        own = entry.name in _OWN_FILES or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+        if entry.is_dir() and not entry.is_symlink() and _ROUND_DIR.fullmatch(entry.name):
+            shutil.rmtree(entry)
+        elif own and (entry.is_file() or entry.is_symlink()):
+            entry.unlink()
+        else:
+            kept.append(entry.name)
+    return kept
+
+
+class RunLock:
+    """An exclusive advisory lock on RUN_DIR/.lock (flock): one `refine` per run directory at a time.
+
+    The kernel drops it when the process dies, even by SIGKILL, so a killed run never leaves a stale lock.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            finally:
+                os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise InputError(f"another `diziner refine` is running on this run directory{who}", path=str(self.path.parent)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------- run.json
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """run.json of a run directory, checked for the keys `refine --resume` and `annotate` need."""
+    if not run_dir.is_dir():
+        raise InputError("run directory not found", path=str(run_dir))
+    info = read_json(run_dir / RUN_FILE, "run.json (is this a `diziner refine` run directory?)")
+    missing = [k for k in ("format", "thread_id", "context", "task_definition", "models") if k not in (info if isinstance(info, dict) else {})]
+    if missing:
+        raise InputError(f"run.json lacks {', '.join(missing)}", path=str(run_dir / RUN_FILE))
+    if info["format"] != RUN_FORMAT:
+        raise InputError(f"run.json has format {info['format']!r}; this diziner reads format {RUN_FORMAT}", path=str(run_dir / RUN_FILE))
+    return info
+
+
+def model_specs(info: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The run's annotator specs by name (run order) and the supervisor's spec, as saved in run.json."""
+    from pydantic import ValidationError
+
+    from agents.models import ModelSpec
+
+    try:
+        annotators = [ModelSpec.model_validate(s) for s in info["models"]["annotators"]]
+        supervisor = ModelSpec.model_validate(info["models"]["supervisor"])
+    except (ValidationError, KeyError, TypeError) as exc:
+        raise InputError(f"run.json: bad model specs: {exc}") from None
+    return {s.name: s for s in annotators}, supervisor
+
+
+# ---------------------------------------------------------------- files derived from the state
+
+
+def annotation_records(state: Any) -> list[dict[str, Any]]:
+    """The current round's annotations as `diziner analyze` input: pilot documents in pool order, annotators in
+    run order, spans sorted, `null` for a document the annotator failed on (or has no output for)."""
+    pilot = sorted(state.pilot_history[state.round - 1])
+    by_key = {(o.annotator, o.document_id): o for o in state.annotations}
+    records = []
+    for i in pilot:
+        doc = state.documents[i]
+        ann: dict[str, list[dict[str, Any]] | None] = {}
+        for name in state.annotators:
+            o = by_key.get((name, doc.id))
+            if o is None or o.status != "ok":
+                ann[name] = None
+            else:
+                spans = sorted((s.start, s.end, s.type) for s in o.spans)
+                ann[name] = [{"start": s, "end": e, "type": t} for s, e, t in spans]
+        records.append({"id": doc.id, "text": doc.text, "annotations": ann})
+    return records
+
+
+def annotations_jsonl(records: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def failures(state: Any) -> dict[str, dict[str, str]]:
+    """{annotator: {document id: reason}} for the current round, annotators in run order, documents in pool order."""
+    order = {d: k for k, d in enumerate(state.documents[i].id for i in sorted(state.pilot_history[state.round - 1]))}
+    out: dict[str, dict[str, str]] = {}
+    for name in state.annotators:
+        failed = [o for o in state.annotations if o.annotator == name and o.status == "failed"]
+        if failed:
+            failed.sort(key=lambda o: order.get(o.document_id, len(order)))
+            out[name] = {o.document_id: o.reason or "failed" for o in failed}
+    return out
+
+
+def phase_documents(state: Any, round_: int) -> dict[str, dict[str, Any]]:
+    """file name -> JSON object for each supervisor phase that has run in `round_`.
+
+    A phase has run when its node recorded its time in the round's record (the nodes do so even when the phase
+    failed). Each file: {"round", "phase", "node", "output", "failed"}; phase 2's output maps annotator ->
+    diagnosis and its `failed` maps annotator -> reason.
+    """
+    record = next((r for r in state.history if r.round == round_), None)
+    sup = next((s for s in state.supervisor if s.round == round_), None)
+    if record is None or sup is None:
+        return {}
+    outputs = {
+        "analyze_patterns": sup.patterns,
+        "diagnose_models": sup.diagnoses,
+        "integrate_guidelines": sup.integration,
+        "organize_guidelines": sup.organization,
+    }
+    docs = {}
+    for phase, (node, name) in enumerate(PHASE_FILES.items(), 1):
+        if node not in record.seconds:
+            continue
+        if node == "diagnose_models":
+            prefix = "diagnose_models:"
+            failed: Any = {k[len(prefix):]: v for k, v in sup.failures.items() if k.startswith(prefix)} or None
+        else:
+            failed = sup.failures.get(node)
+        docs[name] = {"round": round_, "phase": phase, "node": node, "output": outputs[node], "failed": failed}
+    return docs
+
+
+def configuration_document(state: Any, round_: int, annotator: str) -> dict[str, Any]:
+    from agents.guideline import configuration_for
+
+    configuration = configuration_for(state.task, state.guidelines_used[round_ - 1], annotator)
+    return {"round": round_, "annotator": annotator, **configuration.model_dump(mode="json", by_alias=True)}
+
+
+def round_summary(record: Any) -> dict[str, Any]:
+    return {
+        "round": record.round,
+        "mean_pairwise_f1": record.mean_pairwise_f1,
+        "weights": record.weights,
+        "elite": record.elite,
+        "hotspots": record.hotspots,
+        "failed": record.failed,
+        "token_usage": {k: v.model_dump(mode="json") for k, v in record.token_usage.items()},
+        # extras
+        "pilot": record.pilot,
+        "mean_agreement": record.mean_agreement,
+        "succeeded": record.succeeded,
+        "predicted_spans": record.predicted_spans,
+        "guideline_change": record.guideline_change,
+        "error": record.error,
+        "seconds": record.seconds,
+    }
+
+
+def summary(state: Any, *, finished: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    sel = state.selection
+    return {
+        "rounds": [round_summary(r) for r in state.history],
+        "stop_reason": state.stop_reason,
+        "selection": sel.model_dump(mode="json") if sel is not None else None,
+        "status": "finished" if finished else "running",
+        "annotators": list(state.annotators),
+        "current_round": state.round,
+        "supervisor_failures": {str(s.round): s.failures for s in state.supervisor if s.failures},
+        **(extra or {}),
+    }
+
+
+def write_state(run_dir: Path, state: Any, *, finished: bool = False, extra: dict[str, Any] | None = None) -> list[Path]:
+    """Write every file the state determines; returns the files that changed.
+
+    Per round t: configurations as soon as the round has a guideline (select_pilot), annotations.jsonl and
+    failed.json while the state holds round t's annotations (from `annotate` until the next select_pilot),
+    report.md after `analyze_disagreement`, the phase files as each phase finishes. guideline.json/.md once
+    `select_best` has chosen. summary.json always.
+    """
+    written: list[Path] = []
+
+    def put(path: Path, text: str) -> None:
+        if write_text(path, text):
+            written.append(path)
+
+    for t in range(1, len(state.guidelines_used) + 1):
+        for name in state.annotators:
+            put(configuration_path(run_dir, t, name), dumps(configuration_document(state, t, name)))
+    written += write_round_files(run_dir, state)
+    for record in state.history:
+        rdir = round_dir(run_dir, record.round)
+        for name, doc in phase_documents(state, record.round).items():
+            put(rdir / name, dumps(doc))
+    if state.selected_configuration is not None:
+        put(run_dir / GUIDELINE_JSON, dumps(state.selected_configuration))
+    if state.guideline_markdown is not None:
+        put(run_dir / GUIDELINE_MD, state.guideline_markdown)
+    put(run_dir / SUMMARY, dumps(summary(state, finished=finished, extra=extra)))
+    return written
+
+
+def write_round_files(run_dir: Path, state: Any) -> list[Path]:
+    """The current round's annotations.jsonl and failed.json (once annotated) and report.md (once analysed)."""
+    written = []
+    if state.round < 1 or len(state.pilot_history) < state.round:
+        return written
+    rdir = round_dir(run_dir, state.round)
+    files = {}
+    if state.annotations:
+        files[ANNOTATIONS] = annotations_jsonl(annotation_records(state))
+        files[FAILED] = dumps(failures(state))
+    record = next((r for r in state.history if r.round == state.round), None)
+    if record is not None and state.report is not None:
+        files[REPORT] = state.report.markdown
+    elif record is not None and record.error:
+        files[REPORT] = f"# Disagreement report: round {record.round}\n\nThe round could not be analysed: {record.error}\n"
+    for name, text in files.items():
+        if write_text(rdir / name, text):
+            written.append(rdir / name)
+    return written
+
+
+def missing_round_files(run_dir: Path, state: Any) -> list[int]:
+    """Rounds up to the current one whose annotations.jsonl or report.md should exist but does not (a run killed
+    between a checkpoint and the file write): the resume fills them in from the checkpoint history."""
+    missing = []
+    for t in range(1, state.round + 1):
+        rdir = round_dir(run_dir, t)
+        analysed = any(r.round == t for r in state.history)
+        if (t < state.round or analysed) and not (rdir / ANNOTATIONS).is_file():
+            missing.append(t)
+        elif analysed and not (rdir / REPORT).is_file():
+            missing.append(t)
+    return missing

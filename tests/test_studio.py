@@ -1,0 +1,317 @@
+"""End to end through `langgraph dev`: what a person does in Studio, driven with langgraph-sdk (issue 3).
+
+A real `python -m langgraph_cli dev` serves `langgraph.json` on a free loopback port, offline (no analytics, no
+version check, no tracing, no OpenAI key), with the embedded default models and short settings. The test creates
+a thread, runs to a breakpoint before `analyze_patterns`, reads and edits the state, resumes to stop after the
+next node, resumes to the end and reads the history; it also reads the assistant's schemas (the Studio form).
+
+`start_dev_server` is shared with tests/test_traces.py (the tracing run starts its own server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DIZINER_SHARED", REPO.parent / "shared"))
+DEV_TXT = SHARED / "data" / "ner" / "crossner_ai" / "dev.txt"
+TASK_FILE = REPO / "tasks" / "crossner_ai.yaml"
+
+OFFLINE_ENV = {
+    "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+    "LANGGRAPH_NO_VERSION_CHECK": "true",
+    "LANGSMITH_TRACING": "false",
+}
+# variables that would send the server elsewhere or change what it does; never inherited by the test server
+_SCRUBBED = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OLLAMA_HOST",
+    "LANGSMITH_API_KEY",
+    "LANGSMITH_ENDPOINT",
+    "LANGSMITH_PROJECT",
+    "LANGSMITH_TRACING_V2",
+    "LANGCHAIN_API_KEY",
+    "LANGCHAIN_ENDPOINT",
+    "LANGCHAIN_TRACING_V2",
+    "LANGCHAIN_TRACING",
+    "LANGCHAIN_PROJECT",
+    "LANGGRAPH_ALLOW_BLOCKING",
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STARTUP_TIMEOUT_S = 90.0
+
+# short settings for the embedded default models (the Studio form's values)
+STUDIO_CONTEXT = {"max_loops": 2, "pilot_size": 3}
+
+
+# ---------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class DevServer:
+    url: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    started_in: float
+    _log_handle: Any = field(repr=False, default=None)
+
+    def log(self) -> str:
+        try:
+            return _ANSI.sub("", self.log_path.read_text(errors="replace"))
+        except FileNotFoundError:
+            return ""
+
+    def blocking_reports(self) -> list[str]:
+        """Lines where the server reported a blocking call in async code (blockbuster)."""
+        return [ln for ln in self.log().splitlines() if "Blocking call" in ln or "BlockingError" in ln]
+
+
+def _get_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ok", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return False
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def start_dev_server(extra_env: dict[str, str] | None = None, name: str = "langgraph-dev") -> Iterator[DevServer]:
+    """`langgraph dev` from the repo root on a free loopback port; the process group is killed at the end."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env.update(OFFLINE_ENV)
+    env.update(extra_env or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    env["NO_COLOR"] = "1"
+    port = free_port()
+    log_dir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    log_path = log_dir / "server.log"
+    handle = open(log_path, "wb")  # noqa: SIM115  (closed below)
+    cmd = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload", "--port", str(port),
+           "--host", "127.0.0.1", "--config", "langgraph.json"]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    server = DevServer(url=url, port=port, process=proc, log_path=log_path, started_in=0.0, _log_handle=handle)
+    try:
+        deadline = started + STARTUP_TIMEOUT_S
+        while True:
+            text = server.log()
+            moved = re.search(r"Port (\d+) is already in use, using port (\d+)", text)
+            if moved:
+                pytest.fail(f"langgraph dev did not bind the chosen port {port}: {moved.group(0)}\n{text[-3000:]}")
+            if proc.poll() is not None:
+                pytest.fail(f"langgraph dev exited with {proc.returncode} before answering /ok:\n{text[-4000:]}")
+            if _get_ok(url):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"langgraph dev did not answer {url}/ok within {STARTUP_TIMEOUT_S:.0f} s:\n{text[-4000:]}")
+            time.sleep(0.25)
+        announced = re.search(r"API: (http://\S+)", server.log())
+        if announced and announced.group(1).rstrip("/") != url:
+            pytest.fail(f"langgraph dev announced {announced.group(1)}, not {url}")
+        server.started_in = time.monotonic() - started
+        yield server
+    finally:
+        _kill_group(proc)
+        handle.close()
+
+
+@pytest.fixture(scope="module")
+def dev_server() -> Iterator[DevServer]:
+    with start_dev_server(name="studio") as server:
+        yield server
+        blocking = server.blocking_reports()
+        assert not blocking, "the server reported blocking calls (the run must not need --allow-blocking):\n" + "\n".join(blocking)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def crossner_sentences(n: int = 8, min_tokens: int = 6, max_tokens: int = 18) -> list[dict[str, str]]:
+    """The first `n` short sentences of CrossNER AI dev (CoNLL: one token per line, blank line between)."""
+    if not DEV_TXT.exists():
+        pytest.skip(f"shared benchmark not found: {DEV_TXT}")
+    docs, tokens = [], []
+    for line in [*DEV_TXT.read_text(encoding="utf-8").splitlines(), ""]:
+        if line.strip():
+            tokens.append(line.split()[0])
+            continue
+        if min_tokens <= len(tokens) <= max_tokens:
+            docs.append({"id": f"dev-{len(docs) + 1}", "text": " ".join(tokens)})
+            if len(docs) == n:
+                break
+        tokens = []
+    assert len(docs) == n, f"only {len(docs)} short sentences in {DEV_TXT}"
+    return docs
+
+
+def studio_input(n_docs: int = 8) -> dict[str, Any]:
+    return {"task": yaml.safe_load(TASK_FILE.read_text(encoding="utf-8")), "documents": crossner_sentences(n_docs)}
+
+
+async def diziner_assistant(client) -> dict[str, Any]:
+    found = await client.assistants.search(graph_id="diziner", limit=10)
+    assert found, "no assistant for graph id 'diziner'"
+    return found[0]
+
+
+# ---------------------------------------------------------------- the Studio session
+
+
+def test_studio_session(dev_server: DevServer) -> None:
+    asyncio.run(_studio_session(dev_server))
+
+
+async def _studio_session(server: DevServer) -> None:
+    from langgraph_sdk import get_client
+
+    client = get_client(url=server.url)
+    t0 = time.monotonic()
+    timings: dict[str, float] = {"server start": server.started_in}
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        now = time.monotonic()
+        timings[name] = now - t0
+        t0 = now
+
+    # the Studio form: the assistant's context schema, with our descriptions
+    assistant = await diziner_assistant(client)
+    schemas = await client.assistants.get_schemas(assistant["assistant_id"])
+    ctx_schema = schemas.get("context_schema") or {}
+    props = ctx_schema.get("properties") or {}
+    for name in ("annotators", "supervisor", "max_loops", "pilot_size", "min_gain", "patience", "seed"):
+        assert name in props, f"context field {name!r} missing from the Studio form: {sorted(props)}"
+        assert props[name].get("description"), f"context field {name!r} has no description"
+    assert props["max_loops"].get("default") == 5
+    assert props["supervisor"].get("default") == "embedded:smollm2"
+    assert "task" in (schemas.get("input_schema") or {}).get("properties", {})
+    assert "documents" in (schemas.get("input_schema") or {}).get("properties", {})
+    lap("schemas")
+
+    thread = await client.threads.create()
+    tid = thread["thread_id"]
+
+    # 1. run to a breakpoint before the supervisor's first phase
+    await client.runs.wait(
+        tid, "diziner", input=studio_input(), context=STUDIO_CONTEXT, interrupt_before=["analyze_patterns"], raise_error=True
+    )
+    lap("round 1 to the breakpoint")
+    state = await client.threads.get_state(tid)
+    assert state["next"] == ["analyze_patterns"], state["next"]
+    values = state["values"]
+    annotators = values["annotators"]
+    assert annotators == ["embedded:smollm2", "embedded:gemma3-270m"]
+    pilot_ids = values["history"][0]["pilot"]
+    assert len(pilot_ids) == 3
+    by_annotator = {a: {o["document_id"] for o in values["annotations"] if o["annotator"] == a} for a in annotators}
+    for a in annotators:  # every annotator has an output (ok or failed, with its reason) for every pilot document
+        assert by_annotator[a] == set(pilot_ids), (a, by_annotator[a], pilot_ids)
+    for o in values["annotations"]:
+        assert o["status"] in ("ok", "failed")
+        if o["status"] == "failed":
+            assert o.get("reason"), o
+    record = values["history"][0]
+    assert isinstance(record["mean_pairwise_f1"], float), record
+    assert values["report"]["markdown"].strip()
+
+    # 2. edit the state as a person does in Studio: a note on the report, as if written by the disagreement node
+    note = "\n\n> Reviewer note (Studio): look at how the annotators split multi-word algorithm names.\n"
+    edited = {**values["report"], "markdown": values["report"]["markdown"] + note}
+    await client.threads.update_state(tid, {"report": edited}, as_node="analyze_disagreement")
+    state = await client.threads.get_state(tid)
+    assert state["values"]["report"]["markdown"].endswith(note)
+    assert state["next"] == ["analyze_patterns"], state["next"]
+    assert state["metadata"].get("source") == "update"
+    lap("edit")
+
+    # 3. resume and stop after the next node
+    await client.runs.wait(tid, "diziner", input=None, context=STUDIO_CONTEXT, interrupt_after=["analyze_patterns"], raise_error=True)
+    lap("phase 1")
+    state = await client.threads.get_state(tid)
+    assert state["next"] == ["diagnose_models"], state["next"]
+    sup = state["values"]["supervisor"]
+    assert len(sup) == 1 and sup[0]["round"] == 1
+    assert sup[0]["patterns"] is not None or "analyze_patterns" in sup[0]["failures"], sup[0]
+    assert state["values"]["report"]["markdown"].endswith(note)  # the edit survived the resume
+
+    # 4. resume to the end, streaming the node updates as Studio shows them
+    seen: list[str] = []
+    async for part in client.runs.stream(tid, "diziner", input=None, context=STUDIO_CONTEXT, stream_mode="updates"):
+        if part.event == "error":
+            pytest.fail(f"run failed: {part.data}")
+        if part.event == "updates" and isinstance(part.data, dict):
+            seen.extend(k for k in part.data if not k.startswith("__"))
+    lap("to the end")
+    assert seen[:3] == ["diagnose_models", "integrate_guidelines", "organize_guidelines"], seen
+    assert seen[-1] == "select_best", seen
+    assert "annotate" in seen and "analyze_disagreement" in seen
+    state = await client.threads.get_state(tid)
+    assert state["next"] == []
+    final = state["values"]
+    assert [h["round"] for h in final["history"]] == [1, 2]
+    assert final["stop_reason"]
+    assert final["selection"] is not None or final["stop_reason"]
+    if final["selection"] is not None:
+        assert final["guideline_markdown"].strip()
+        assert final["selection"]["annotator"] in annotators
+
+    # 5. the history, as Studio's timeline shows it
+    history = await client.threads.get_history(tid, limit=100)
+    chronological = list(reversed(history))  # the API lists the newest checkpoint first
+    steps = [c["metadata"]["step"] for c in chronological]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps), steps
+    assert chronological[0]["metadata"]["source"] == "input"
+    assert [c["next"] for c in history[:1]] == [[]]
+    nexts = [n for c in chronological for n in c["next"]]
+    writers = [w for c in chronological for w in (c["metadata"].get("writes") or {})]
+    order = ["select_pilot", "annotate", "analyze_disagreement", "analyze_patterns", "diagnose_models",
+             "integrate_guidelines", "organize_guidelines", "select_pilot", "annotate", "analyze_disagreement",
+             "select_best"]
+    walk = [n for n in nexts if n in order]
+    deduped = [n for i, n in enumerate(walk) if i == 0 or walk[i - 1] != n]
+    assert deduped == order, deduped
+    assert "analyze_disagreement" in writers  # the Studio edit is a checkpoint written as that node
+    lap("history")
+    print("studio timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
