@@ -53,14 +53,23 @@ def read_conll_sentences(path: Path) -> list[str]:
     return sentences
 
 
-def cluster_pool(n_clusters: int = 5, per_cluster: int = 10, vocab: int = 12, seed: int = 0) -> tuple[list[str], list[int]]:
-    """Sentences from `n_clusters` disjoint vocabularies, stored cluster by cluster (so "the first k" is one cluster)."""
+def cluster_pool(
+    n_clusters: int = 5, per_cluster: int = 10, vocab: int = 12, core: int = 5, seed: int = 0
+) -> tuple[list[str], list[int]]:
+    """Sentences from `n_clusters` disjoint vocabularies, stored cluster by cluster (so "the first k" is one cluster).
+    Tight lexical clusters: every sentence of a cluster holds the cluster's `core` words, its own slice of the other
+    words (so that every vocabulary word occurs) and 0-2 more at random."""
     rng = random.Random(seed)
     texts, cluster = [], []
     for c in range(n_clusters):
         words = [f"k{c}x{w}" for w in range(vocab)]
-        for _ in range(per_cluster):
-            texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(6, 10))))
+        extra = words[core:]
+        width = max(3, -(-len(extra) // per_cluster))
+        for w in range(per_cluster):
+            sentence = words[:core] + [extra[(w * width + i) % len(extra)] for i in range(width)]
+            sentence += [rng.choice(extra) for _ in range(rng.randint(0, 2))]
+            rng.shuffle(sentence)
+            texts.append(" ".join(sentence))
             cluster.append(c)
     return texts, cluster
 
@@ -248,11 +257,12 @@ def test_kmeans_invalid_arguments():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("vocab", [12, 100])  # 60 tokens: exact TF-IDF; 500 tokens: projected
+@pytest.mark.parametrize(("vocab", "core"), [(12, 5), (60, 20)])  # 5 x 12 tokens: exact; 5 x 60: projected
 @pytest.mark.parametrize("seed", range(6))
-def test_diverse_choice_hits_every_lexical_cluster(vocab, seed):
-    texts, cluster = cluster_pool(vocab=vocab, seed=seed)
+def test_diverse_choice_hits_every_lexical_cluster(vocab, core, seed):
+    texts, cluster = cluster_pool(vocab=vocab, core=core, seed=seed)
     sampler = PilotSampler(texts, pilot_size=5, seed=seed)
+    assert sampler.features is not None and sampler.features.shape[1] == (60 if vocab == 12 else 256)
     history = run_rounds(sampler, 2)
     for selection in history:
         assert len(selection) == 5
@@ -344,6 +354,14 @@ def test_select_has_no_hidden_state():
     assert select_pilot(texts, 9, 1, 2, history[:2]) == history[2]
 
 
+def test_degenerate_pool_without_words_still_rotates():
+    texts = ["", "!!", "...", "", "?", "-", "", ",", ";", ""]  # no word tokens: all-zero features
+    sampler = PilotSampler(texts, pilot_size=3, seed=0)
+    history = run_rounds(sampler, 4)
+    assert history[:3] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]  # ties everywhere: pool order, disjoint
+    assert history[3] == [0, 1, 9]
+
+
 def test_seed_changes_the_selection():
     texts = synthetic_pool(200, seed=5)
     firsts = {tuple(PilotSampler(texts, pilot_size=10, seed=s).select(0, [])) for s in range(4)}
@@ -361,14 +379,22 @@ def test_round_robin_invariants(n, pilot_size, rounds, seed):
     texts = synthetic_pool(n, vocab=40, seed=seed % 1000)
     sampler = PilotSampler(texts, pilot_size=pilot_size, seed=seed)
     history = run_rounds(sampler, rounds)
-    uses = np.zeros(n, dtype=int)
+    last_used = np.full(n, -1)  # -1: never used
     for r, selection in enumerate(history):
         assert len(selection) == min(n, pilot_size)
         assert selection == sorted(set(selection)) and all(0 <= i < n for i in selection)
-        if n > pilot_size and (r + 1) * pilot_size <= n:
-            assert uses[selection].sum() == 0  # fresh while the pool allows
-        uses[selection] += 1
-        assert uses.max() - uses.min() <= 1  # least recently used first: every document in turn
+        if n <= pilot_size:
+            assert selection == list(range(n))
+            continue
+        if (r + 1) * pilot_size <= n:
+            assert np.all(last_used[selection] == -1)  # fresh while the pool allows
+        # least recently used first: no document left out was used less recently than one chosen,
+        # and among equally recent ones the lower pool indices are chosen
+        chosen = np.zeros(n, dtype=bool)
+        chosen[selection] = True
+        key = last_used * n + np.arange(n)
+        assert key[chosen].max() < key[~chosen].min() or (r + 1) * pilot_size <= n
+        last_used[selection] = r
 
 
 def test_invalid_arguments_raise_input_error():
@@ -399,18 +425,29 @@ def test_invalid_arguments_raise_input_error():
 _SUBPROCESS = """
 import json, sys
 sys.path.insert(0, {repo!r})
-sys.path.insert(0, {tests!r})
-from test_pilot import synthetic_pool, run_rounds
 from corpus.pilot import PilotSampler
-print(json.dumps(run_rounds(PilotSampler(synthetic_pool(500, seed=9), pilot_size=25, seed=42), 3)))
+texts = json.load(sys.stdin)
+sampler = PilotSampler(texts, pilot_size=25, seed=42)
+history = []
+for r in range(3):
+    history.append(sampler.select(r, history))
+print(json.dumps(history))
 """
 
 
 def test_reproducible_in_a_fresh_process():
-    here = run_rounds(PilotSampler(synthetic_pool(500, seed=9), pilot_size=25, seed=42), 3)
-    code = _SUBPROCESS.format(repo=str(REPO), tests=str(REPO / "tests"))
+    texts = synthetic_pool(500, seed=9)  # vocabulary > 256 tokens: the projected features
+    here = run_rounds(PilotSampler(texts, pilot_size=25, seed=42), 3)
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    out = subprocess.run(
+        [PYTHON, "-c", _SUBPROCESS.format(repo=str(REPO))],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=True,
+    )
     assert json.loads(out.stdout) == here
 
 
@@ -425,11 +462,4 @@ def test_real_pool_crossner_ai_three_disjoint_reproducible_rounds():
     assert first == again
     flat = [i for s in first for i in s]
     assert all(len(s) == 25 for s in first) and len(set(flat)) == 75
-    # lexical diversity sanity: a chosen set is less redundant than the pool on average
-    x = tfidf_matrix(texts)
-    chosen = x[first[0]]
-    off = ~np.eye(25, dtype=bool)
-    rng = np.random.default_rng(0)
-    random_sets = [x[rng.choice(len(texts), 25, replace=False)] for _ in range(20)]
-    random_sim = np.mean([(r @ r.T)[off].mean() for r in random_sets])
-    assert (chosen @ chosen.T)[off].mean() <= random_sim
+    assert run_rounds(PilotSampler(texts, pilot_size=25, seed=1), 1) != first[:1]  # the seed matters
