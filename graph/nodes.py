@@ -265,10 +265,27 @@ async def _phase(state, runtime, factory, node: str, schema, build_prompt, extra
     return await sup.call_phase(model, spec, schema, prompt, cfg)
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+async def _single_phase(state, runtime, models, node: str, schema, build, store) -> dict[str, Any]:
+    """Run one supervisor call for `node`; `store(record, output)` files the result. A failure is recorded in the
+    round's supervisor record (never silently replaced by an empty result) and the loop goes on."""
+    started = time.perf_counter()
+    rounds, rec = _supervisor_record(state)
+    usage = TokenUsage()
+    try:
+        out, usage = await _phase(state, runtime, models, node, schema, build)
+        store(rec, out)
+    except Exception as exc:
+        rec.failures[node] = _reason(exc)
+    return {"supervisor": [*rounds, rec], "history": _add_usage(state, usage, node, time.perf_counter() - started)}
+
+
 async def analyze_patterns(state: DizinerState, runtime: Runtime[DizinerContext], *, models: ModelFactory) -> dict[str, Any]:
     """Phase 1: recurring disagreement patterns, root causes, competing approaches and who holds them."""
     ctx = get_context(runtime)
-    started = time.perf_counter()
     goal, in_force = _supervisor_inputs(state, ctx)
     common = sup.common_context(state.task.entity_types, goal, in_force, _roles(state))
     report = state.report
@@ -279,14 +296,10 @@ async def analyze_patterns(state: DizinerState, runtime: Runtime[DizinerContext]
             "supervisor_patterns", common=common, report=md, max_patterns=ctx.max_patterns, max_common=ctx.max_common_instructions
         )
 
-    rounds, rec = _supervisor_record(state)
-    usage = TokenUsage()
-    try:
-        out, usage = await _phase(state, runtime, models, "analyze_patterns", sup.PatternAnalysis, build)
+    def store(rec: SupervisorRound, out: Any) -> None:
         rec.patterns = out.model_dump(mode="json")
-    except Exception as exc:
-        rec.failures["analyze_patterns"] = f"{type(exc).__name__}: {exc}"[:500]
-    return {"supervisor": [*rounds, rec], "history": _add_usage(state, usage, "analyze_patterns", time.perf_counter() - started)}
+
+    return await _single_phase(state, runtime, models, "analyze_patterns", sup.PatternAnalysis, build, store)
 
 
 def diagnosis_targets(state: DizinerState, ctx: DizinerContext) -> list[str]:
@@ -320,7 +333,7 @@ async def diagnose_models(state: DizinerState, runtime: Runtime[DizinerContext],
             out, usage = await _phase(state, runtime, models, "diagnose_models", sup.AnnotatorDiagnosis, build, {"annotator": name})
             return name, out.model_dump(mode="json"), usage, None
         except Exception as exc:
-            return name, None, TokenUsage(), f"{type(exc).__name__}: {exc}"[:500]
+            return name, None, TokenUsage(), _reason(exc)
 
     results = await asyncio.gather(*(one(n) for n in diagnosis_targets(state, ctx)))
     usage = TokenUsage()
@@ -336,9 +349,8 @@ async def diagnose_models(state: DizinerState, runtime: Runtime[DizinerContext],
 async def integrate_guidelines(state: DizinerState, runtime: Runtime[DizinerContext], *, models: ModelFactory) -> dict[str, Any]:
     """Phase 3: concrete common and per-annotator instructions, conflicts settled by the goal (which it may sharpen)."""
     ctx = get_context(runtime)
-    started = time.perf_counter()
     goal, in_force = _supervisor_inputs(state, ctx)
-    rounds, rec = _supervisor_record(state)
+    _, rec = _supervisor_record(state)
     common = sup.common_context(state.task.entity_types, goal, in_force, _roles(state))
     targets = diagnosis_targets(state, ctx)
 
@@ -349,25 +361,24 @@ async def integrate_guidelines(state: DizinerState, runtime: Runtime[DizinerCont
             max_model=ctx.max_model_instructions, targets=", ".join(targets) or "(none)",
         )
 
-    usage = TokenUsage()
-    try:
-        out, usage = await _phase(state, runtime, models, "integrate_guidelines", sup.Integration, build)
-        rec.integration = out.model_dump(mode="json")
-    except Exception as exc:
-        rec.failures["integrate_guidelines"] = f"{type(exc).__name__}: {exc}"[:500]
-    return {"supervisor": [*rounds, rec], "history": _add_usage(state, usage, "integrate_guidelines", time.perf_counter() - started)}
+    def store(record: SupervisorRound, out: Any) -> None:
+        record.integration = out.model_dump(mode="json")
+
+    return await _single_phase(state, runtime, models, "integrate_guidelines", sup.Integration, build, store)
 
 
 async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerContext], *, models: ModelFactory) -> dict[str, Any]:
-    """Phase 4: one numbered hierarchy merged with the instructions in force; caps enforced in code."""
+    """Phase 4: one numbered hierarchy merged with the instructions in force; caps enforced in code.
+
+    When phase 3 produced nothing, or this phase fails, the guideline in force is kept (not emptied)."""
     ctx = get_context(runtime)
-    started = time.perf_counter()
     goal, in_force = _supervisor_inputs(state, ctx)
-    rounds, rec = _supervisor_record(state)
-    usage = TokenUsage()
-    new_guideline = state.guideline
+    _, rec = _supervisor_record(state)
+    drafted: list[Guideline] = []
     if rec.integration is None:
+        rounds, rec = _supervisor_record(state)
         rec.failures.setdefault("organize_guidelines", "skipped: phase 3 produced nothing; the guideline in force is kept")
+        update: dict[str, Any] = {"supervisor": [*rounds, rec], "history": list(state.history)}
     else:
         common = sup.common_context(state.task.entity_types, goal, in_force, _roles(state))
 
@@ -377,19 +388,20 @@ async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerConte
                 max_common=ctx.max_common_instructions, max_model=ctx.max_model_instructions,
             )
 
-        try:
-            out, usage = await _phase(state, runtime, models, "organize_guidelines", sup.Organization, build)
-            rec.organization = out.model_dump(mode="json")
-            new_goal = (rec.integration.get("goal") or "").strip() or goal
-            drafted = sup.organization_to_guideline(out, new_goal)
-            new_guideline, cut = enforce_caps(drafted, state.annotators, ctx.max_common_instructions, ctx.max_model_instructions)
+        def store(record: SupervisorRound, out: Any) -> None:
+            record.organization = out.model_dump(mode="json")
+            new_goal = (record.integration.get("goal") or "").strip() or goal
+            capped, cut = enforce_caps(
+                sup.organization_to_guideline(out, new_goal), state.annotators, ctx.max_common_instructions, ctx.max_model_instructions
+            )
             if cut:
-                rec.organization["cut_by_caps"] = cut
-        except Exception as exc:
-            rec.failures["organize_guidelines"] = f"{type(exc).__name__}: {exc}"[:500]
-    history = _add_usage(state, usage, "organize_guidelines", time.perf_counter() - started)
-    history[-1].guideline_change = change_ratio(state.guideline, new_guideline)
-    return {"supervisor": [*rounds, rec], "guideline": new_guideline, "history": history}
+                record.organization["cut_by_caps"] = cut
+            drafted.append(capped)
+
+        update = await _single_phase(state, runtime, models, "organize_guidelines", sup.Organization, build, store)
+    new_guideline = drafted[0] if drafted else state.guideline
+    history = [*update["history"][:-1], update["history"][-1].model_copy(update={"guideline_change": change_ratio(state.guideline, new_guideline)})]
+    return {**update, "guideline": new_guideline, "history": history}
 
 
 # ---------------------------------------------------------------- selection

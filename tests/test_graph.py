@@ -220,3 +220,32 @@ def test_select_configuration_rules():
     h = [rec(1, 0.5, {"a": 0.9, "b": 0.6}, succeeded={"a": 0, "b": 3})]
     assert select_configuration(h) == (1, "b", 0.6)
     assert select_configuration([]) is None
+
+
+def test_failed_supervisor_phase_keeps_guideline_and_records_why():
+    script = Script(NAMES)
+    original = script.respond_for
+
+    def respond_for(name):
+        inner = original(name)
+
+        def respond(prompt, schema):
+            if schema == "Organization" and script.level >= 2:
+                return RuntimeError("supervisor overloaded")
+            return inner(prompt, schema)
+
+        return respond
+
+    script.respond_for = respond_for
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    g = build_graph(script.factory).compile(checkpointer=InMemorySaver())
+    ctx = DizinerContext(annotators=NAMES, supervisor="openai:sup", pilot_size=3, max_loops=3, min_gain=0.0, patience=3)
+    cfg = {"configurable": {"thread_id": "t"}}
+    out = asyncio.run(g.ainvoke({"task": TASK.model_dump(), "documents": DOCS}, cfg, context=ctx))
+    records = g.get_state(cfg).values["supervisor"]
+    assert "organize_guidelines" not in records[0].failures
+    assert records[1].failures["organize_guidelines"] == "RuntimeError: supervisor overloaded"
+    third = script.prompts("openai:a")[6:]
+    assert len(third) == 3 and all("LEVEL-1: tag names as POLITICIAN" in p for p in third)  # round 1's guideline kept
+    assert out["history"][1].guideline_change == 0.0
