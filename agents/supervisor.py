@@ -153,10 +153,14 @@ def fit(build: Callable[[int], str], spec: ModelSpec, levels: tuple[int, ...] = 
     return prompt
 
 
+class PhaseFailed(RuntimeError):
+    """A supervisor call that gave no usable answer; the message says why."""
+
+
 async def call_phase(
     model: BaseChatModel, spec: ModelSpec, schema: type[BaseModel], prompt: str, config: dict[str, Any] | None, attempts: int = 2
 ) -> tuple[BaseModel, TokenUsage]:
-    """One structured supervisor call; raises RuntimeError with the reason after `attempts` failures."""
+    """One structured supervisor call; raises PhaseFailed with the reason after `attempts` failures."""
     runnable = model.with_structured_output(schema, method=structured_output_method(spec), include_raw=True)
     usage = TokenUsage()
     reason = "no attempt made"
@@ -170,7 +174,7 @@ async def call_phase(
         if result.get("parsed") is not None:
             return result["parsed"], usage
         reason = f"unparseable answer: {result.get('parsing_error')}"[:500]
-    raise RuntimeError(reason)
+    raise PhaseFailed(f"after {attempts} attempts: {reason}")
 
 
 def drafts_to_instructions(drafts: list[DraftInstruction] | list[OrganizedInstruction]) -> list[Instruction]:

@@ -266,7 +266,8 @@ async def _phase(state, runtime, factory, node: str, schema, build_prompt, extra
 
 
 def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
+    text = str(exc) if isinstance(exc, sup.PhaseFailed) else f"{type(exc).__name__}: {exc}"
+    return text[:500]
 
 
 async def _single_phase(state, runtime, models, node: str, schema, build, store) -> dict[str, Any]:
