@@ -456,13 +456,18 @@ def _build_ollama(spec: ModelSpec) -> BaseChatModel:
 
 
 def _build_embedded(spec: ModelSpec) -> BaseChatModel:
+    """ChatOpenAI on the in-process server, with HTTP clients that ignore proxy settings.
+
+    The async client pools connections per event loop: the model is cached for the whole
+    process, and a pooled connection opened under one ``asyncio.run`` fails (then hangs until
+    the timeout) when reused under the next one.
+    """
     try:
         import httpx
         from langchain_openai import ChatOpenAI
     except ImportError:
         _require("langchain-openai")
     base_url = embedded.ensure_server(spec.model)
-    # Loopback must never go through a proxy configured in the environment.
     return ChatOpenAI(
         model=spec.model,
         base_url=base_url,
@@ -472,5 +477,38 @@ def _build_embedded(spec: ModelSpec) -> BaseChatModel:
         timeout=spec.timeout,
         max_retries=spec.max_retries,
         http_client=httpx.Client(trust_env=False, timeout=spec.timeout),
-        http_async_client=httpx.AsyncClient(trust_env=False, timeout=spec.timeout),
+        http_async_client=httpx.AsyncClient(transport=_per_loop_transport(), timeout=spec.timeout),
     )
+
+
+def _per_loop_transport() -> Any:
+    """An httpx async transport holding one connection pool per running event loop."""
+    import asyncio
+    import weakref
+
+    import httpx
+
+    class PerLoopTransport(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncHTTPTransport]
+            self._pools = weakref.WeakKeyDictionary()
+            self._lock = threading.Lock()
+
+        def _pool(self) -> httpx.AsyncHTTPTransport:
+            loop = asyncio.get_running_loop()
+            with self._lock:
+                pool = self._pools.get(loop)
+                if pool is None:
+                    pool = self._pools[loop] = httpx.AsyncHTTPTransport()
+                return pool
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return await self._pool().handle_async_request(request)
+
+        async def aclose(self) -> None:
+            with self._lock:
+                pool = self._pools.pop(asyncio.get_running_loop(), None)
+            if pool is not None:
+                await pool.aclose()
+
+    return PerLoopTransport()

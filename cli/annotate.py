@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     n_spans = sum(len(d.entities or []) for d in kept)
     _say(f"{PROG}: wrote {out}: {len(kept)} document(s), {n_spans} entities ({seconds:.1f} s)")
     if failed:
-        first = "; ".join(f"{i}: {r}" for i, r in failed[:3])
+        first = "; ".join(f"{i}: {' '.join(str(r).split())[:160]}" for i, r in failed[:3])
         _say(f"{PROG}: {len(failed)} of {len(docs)} document(s) failed and were left out (their gold entities count as "
              f"misses): {first}{' ...' if len(failed) > 3 else ''}")
     if not kept:

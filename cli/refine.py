@@ -230,8 +230,6 @@ def _start(run_dir: Path, args: argparse.Namespace) -> int:
             kept = rundir.clear_run_dir(run_dir)
             if [k for k in kept if k != rundir.LOCK_FILE]:
                 _say(f"{PROG}: note: kept files that are not the run's: {', '.join(k for k in kept if k != rundir.LOCK_FILE)}")
-        if args.config:
-            shutil.copyfile(args.config, run_dir / rundir.RUN_CONFIG_COPY)
         stored_context = ctx.model_dump(mode="json")
         if args.config:
             stored_context["run_config"] = rundir.RUN_CONFIG_COPY  # relative to the run directory
@@ -250,6 +248,12 @@ def _start(run_dir: Path, args: argparse.Namespace) -> int:
             "task_definition": task.model_dump(mode="json"),
             "sessions": [],
         }
+        rundir.write_json(run_dir / rundir.RUN_FILE, info)  # first: from now on the directory is a run directory
+        if args.config:
+            try:
+                shutil.copyfile(args.config, run_dir / rundir.RUN_CONFIG_COPY)
+            except OSError as exc:
+                raise InputError(f"cannot copy the run file: {exc.strerror or exc}", path=args.config) from None
         _say(f"{PROG}: run {info['thread_id']} in {run_dir}: {len(graph_input['documents'])} documents, annotators "
              f"{', '.join(ctx.annotators)}, supervisor {ctx.supervisor}, at most {ctx.max_loops} round(s) of "
              f"{ctx.pilot_size} documents, seed {ctx.seed}")
@@ -442,10 +446,13 @@ class Progress:
         if name == "select_pilot" and isinstance(result.get("round"), int):
             round_ = result["round"]
         head = f"round {round_} · {name}" if round_ else name
+        if name == "annotate" and getattr(inp, "annotator", None):
+            head += f" · {inp.annotator}"
         if error is not None:
-            _say(f"{head} · failed: {type(error).__name__}: {error} ({seconds:.1f} s)")
+            _say(f"{head} failed: {type(error).__name__}: {error} ({seconds:.1f} s)")
             return
-        _say(f"{head} · {self._describe(name, inp, result)} ({seconds:.1f} s)")
+        sep = " " if name == "annotate" else " · "  # 'round 2 · annotate · openai:x 25 docs 3 failed (12.3 s)'
+        _say(f"{head}{sep}{self._describe(name, inp, result)} ({seconds:.1f} s)")
 
     @staticmethod
     def _describe(name: str, inp: Any, result: dict[str, Any]) -> str:
@@ -457,8 +464,7 @@ class Progress:
             outs = result.get("annotations") or []
             failed = sum(1 for o in outs if o.status != "ok")
             spans = sum(len(o.spans) for o in outs)
-            who = getattr(inp, "annotator", "?")
-            return f"{who} {len(outs)} docs {failed} failed, {spans} spans"
+            return f"{len(outs)} docs {failed} failed, {spans} spans"
         if name == "analyze_disagreement":
             rec = (result.get("history") or [None])[-1]
             if rec is None:
@@ -492,4 +498,7 @@ class Progress:
         _say(f"{PROG}: finished after {len(state.history)} round(s): {state.stop_reason}")
         if sel is not None:
             _say(f"{PROG}: selected round {sel.round}, {sel.annotator}: {run_dir / rundir.GUIDELINE_MD}")
-        _say(f"{PROG}: outputs in {run_dir}/ (summary.json, round-*/, guideline.json, guideline.md)")
+        else:
+            _say(f"{PROG}: no configuration could be selected (no annotator had a successful document with entities); "
+                 f"see {run_dir / 'round-1' / rundir.FAILED}")
+        _say(f"{PROG}: outputs in {run_dir}/")

@@ -280,8 +280,8 @@ def failures(state: Any) -> dict[str, dict[str, str]]:
 def phase_documents(state: Any, round_: int) -> dict[str, dict[str, Any]]:
     """file name -> JSON object for each supervisor phase that has run in `round_`.
 
-    A phase has run when its node recorded its time in the round's record (the nodes do so even when the phase
-    failed). Each file: {"round", "phase", "node", "output", "failed"}; phase 2's output maps annotator ->
+    A phase has run when it left an output, a failure (also "skipped: ..."), or its time in the round's record.
+    Each file: {"round", "phase", "node", "output", "failed"}; phase 2's output maps annotator ->
     diagnosis and its `failed` maps annotator -> reason.
     """
     record = next((r for r in state.history if r.round == round_), None)
@@ -296,13 +296,15 @@ def phase_documents(state: Any, round_: int) -> dict[str, dict[str, Any]]:
     }
     docs = {}
     for phase, (node, name) in enumerate(PHASE_FILES.items(), 1):
-        if node not in record.seconds:
-            continue
         if node == "diagnose_models":
             prefix = "diagnose_models:"
             failed: Any = {k[len(prefix):]: v for k, v in sup.failures.items() if k.startswith(prefix)} or None
+            output = outputs[node] or None
         else:
             failed = sup.failures.get(node)
+            output = outputs[node]
+        if output is None and failed is None and node not in record.seconds:
+            continue
         docs[name] = {"round": round_, "phase": phase, "node": node, "output": outputs[node], "failed": failed}
     return docs
 

@@ -452,3 +452,40 @@ def test_annotate_input_errors(tmp_path, small_run, models, capsys):
     (small_run / "guideline.json").unlink()
     assert main(base) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_run_file_is_copied_and_used(tmp_path, pool, models, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("annotators:\n  - name: openai:a\n    max_tokens: 100\n  - name: openai:b\n  - name: openai:c\n"
+                      "supervisor:\n  name: openai:sup\n  temperature: 0.5\n")
+    out = tmp_path / "run"
+    args = ["refine", "--task", str(TASK), "--docs", str(pool), "--out", str(out), "--config", str(config),
+            "--max-loops", "1", "--pilot-size", "3"]
+    assert main(args) == 0
+    assert (out / rundir.RUN_CONFIG_COPY).read_text() == config.read_text()
+    info = json.loads((out / "run.json").read_text())
+    assert info["context"]["run_config"] == rundir.RUN_CONFIG_COPY and info["context"]["annotators"] == ANNOTATORS
+    assert info["models"]["annotators"][0]["max_tokens"] == 100 and info["models"]["supervisor"]["temperature"] == 0.5
+    capsys.readouterr()
+    config.write_text(config.read_text().replace("0.5", "0.7"))
+    assert main(args[:-4] + ["--resume"]) == 2
+    assert "--config" in capsys.readouterr().err
+
+
+def test_failed_supervisor_phases_are_written_as_failed(tmp_path, pool, monkeypatch):
+    class Failing(Models):
+        def __call__(self, spec):
+            if spec.name not in self.by_name:
+                base = respond_for(spec.name)
+                self.by_name[spec.name] = ScriptedChatModel(
+                    respond=lambda p, s: RuntimeError("no plan") if s == "Integration" else base(p, s))
+            return self.by_name[spec.name]
+
+    monkeypatch.setattr(agents.models, "chat_model", Failing())
+    out = tmp_path / "run"
+    assert main(refine_args(out, pool)) == 0
+    phase3 = json.loads((out / "round-1" / "phase3_integration.json").read_text())
+    phase4 = json.loads((out / "round-1" / "phase4_organization.json").read_text())
+    assert phase3["output"] is None and "no plan" in phase3["failed"]
+    assert phase4["output"] is None and phase4["failed"].startswith("skipped")
+    assert "RULE-1" not in (out / "round-2" / "configurations" / "openai_a.json").read_text()

@@ -127,6 +127,19 @@ def test_outputs_do_not_depend_on_request_order(alias: str) -> None:
     assert any(out.strip() for out in forward.values())
 
 
+def test_cached_model_serves_several_event_loops() -> None:
+    """The client is cached per process; each asyncio.run must still get working connections."""
+    model = chat_model(parse_model_spec("embedded:smollm2", max_tokens=4, timeout=60, max_retries=0))
+
+    async def two_calls() -> list[str]:
+        replies = await asyncio.gather(model.ainvoke("Hi"), model.ainvoke("Hello"))
+        return [str(r.content) for r in replies]
+
+    first = asyncio.run(two_calls())
+    second = asyncio.run(two_calls())
+    assert first == second and all(first)
+
+
 def test_gemma_file_is_assembled_once_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     folder = tmp_path / "diziner" / "models"

@@ -57,7 +57,7 @@ annotators:
     max_tokens: 256
 supervisor:
   name: embedded:smollm2
-  max_tokens: 768
+  max_tokens: 192
 """
 
 
@@ -89,7 +89,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(PYTHONUNBUFFERED="1", LANGSMITH_TRACING="false", PYTHONPATH=str(ROOT))
+    env.update(PYTHONUNBUFFERED="1", LANGSMITH_TRACING="false")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -117,8 +118,16 @@ def _wait(proc: subprocess.Popen, log: Path, timeout: float) -> str:
 
 
 def _node_lines(text: str) -> list[str]:
-    """One line per finished node, without its duration."""
-    return [ln.rsplit(" (", 1)[0] for ln in text.splitlines() if ln.startswith("round ")]
+    """One key per finished node: 'round 1 · annotate · embedded:smollm2', 'round 1 · analyze_patterns'."""
+    keys = []
+    for line in text.splitlines():
+        if line.startswith("round "):
+            parts = line.split(" · ")
+            key = " · ".join(parts[:2])
+            if parts[1] == "annotate":
+                key += " · " + parts[2].split(" ")[0]
+            keys.append(key)
+    return keys
 
 
 def _compared_files(run_dir: Path) -> dict[str, bytes]:
@@ -136,6 +145,9 @@ def test_kill_9_then_resume_gives_the_uninterrupted_files(inputs, tmp_path):
     print(f"\nuninterrupted refine run: {ref_seconds:.1f} s")
     ref_lines = _node_lines(ref_text)
     assert any(ln.startswith("round 2 · annotate") for ln in ref_lines), ref_text
+    assert (reference / "guideline.md").is_file(), (
+        "the embedded models produced no usable annotation (no configuration selected): see "
+        f"{reference / 'round-1' / 'failed.json'}\n{ref_text}")
 
     # 2. the same run, killed with SIGKILL once one annotator of round 1 has finished
     out, log1 = tmp_path / "killed", tmp_path / "killed.log"
