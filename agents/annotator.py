@@ -27,16 +27,21 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 3.0  # conservative estimate for prompt budgeting
 
 
+EMBEDDED_MAX_ENTITIES = 8  # the tiny models repeat entities until their token cap unless the grammar stops them
+
+
 @lru_cache(maxsize=64)
-def entity_schema(types: tuple[str, ...]) -> type[BaseModel]:
-    """`{"entities": [{"text": str, "type": <enum of the task's types>}]}` as a Pydantic model."""
+def entity_schema(types: tuple[str, ...], max_entities: int | None = None, max_chars: int = 200) -> type[BaseModel]:
+    """`{"entities": [{"text": str, "type": <enum of the task's types>}]}` as a Pydantic model.
+
+    Bounded (entity count, characters per entity) so that grammar-constrained decoding always terminates."""
     type_enum = enum.Enum("EntityTypeName", [(t, t) for t in types], type=str)
     entity = create_model(
         "Entity",
-        text=(str, Field(description="the entity exactly as written in the document")),
+        text=(str, Field(max_length=max_chars, description="the entity exactly as written in the document")),
         type=(type_enum, Field(description="one of the entity types")),
     )
-    return create_model("Entities", entities=(list[entity], Field(default_factory=list)))
+    return create_model("Entities", entities=(list[entity], Field(default_factory=list, max_length=max_entities)))
 
 
 def annotator_prompt(configuration: TaskConfiguration, text: str, round_: int, annotator: str, with_examples: bool = True) -> str:
@@ -88,7 +93,7 @@ async def annotate_document(
 ) -> tuple[AnnotatorOutput, TokenUsage]:
     """One annotator on one document; retries a failed or unparseable answer `attempts - 1` times."""
     types = tuple(t.name for t in configuration.schema_)
-    schema = entity_schema(types)
+    schema = entity_schema(types, EMBEDDED_MAX_ENTITIES if spec.provider == "embedded" else None)
     runnable = model.with_structured_output(schema, method=structured_output_method(spec), include_raw=True)
     prompt, _ = fit_annotator_prompt(spec, configuration, document.text, round_)
     usage = TokenUsage()

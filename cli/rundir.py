@@ -145,10 +145,6 @@ def round_numbers(run_dir: Path) -> list[int]:
 # ---------------------------------------------------------------- the directory itself
 
 
-def is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
-
-
 def is_run_dir(path: Path) -> bool:
     return (path / RUN_FILE).is_file()
 

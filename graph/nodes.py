@@ -255,9 +255,10 @@ def _add_usage(state: DizinerState, usage: TokenUsage, node: str, seconds: float
     return _update_last_round(state, token_usage=token_usage, seconds=timing)
 
 
-async def _phase(state, runtime, factory, node: str, schema, build_prompt, extra_meta=None):
+async def _phase(state, runtime, factory, node: str, schema_name: str, build_prompt, extra_meta=None):
     ctx = get_context(runtime)
     _, spec = model_specs(ctx)
+    schema = getattr(sup.schemas_for(spec), schema_name)
     model = await get_model(factory, spec)
     prompt = sup.fit(build_prompt, spec)
     meta = {"round": state.round, "phase": node, **(extra_meta or {})}
@@ -270,7 +271,7 @@ def _reason(exc: BaseException) -> str:
     return text[:500]
 
 
-async def _single_phase(state, runtime, models, node: str, schema, build, store) -> dict[str, Any]:
+async def _single_phase(state, runtime, models, node: str, schema: str, build, store) -> dict[str, Any]:
     """Run one supervisor call for `node`; `store(record, output)` files the result. A failure is recorded in the
     round's supervisor record (never silently replaced by an empty result) and the loop goes on."""
     started = time.perf_counter()
@@ -300,7 +301,7 @@ async def analyze_patterns(state: DizinerState, runtime: Runtime[DizinerContext]
     def store(rec: SupervisorRound, out: Any) -> None:
         rec.patterns = out.model_dump(mode="json")
 
-    return await _single_phase(state, runtime, models, "analyze_patterns", sup.PatternAnalysis, build, store)
+    return await _single_phase(state, runtime, models, "analyze_patterns", "PatternAnalysis", build, store)
 
 
 def diagnosis_targets(state: DizinerState, ctx: DizinerContext) -> list[str]:
@@ -331,7 +332,7 @@ async def diagnose_models(state: DizinerState, runtime: Runtime[DizinerContext],
             )
 
         try:
-            out, usage = await _phase(state, runtime, models, "diagnose_models", sup.AnnotatorDiagnosis, build, {"annotator": name})
+            out, usage = await _phase(state, runtime, models, "diagnose_models", "AnnotatorDiagnosis", build, {"annotator": name})
             return name, out.model_dump(mode="json"), usage, None
         except Exception as exc:
             return name, None, TokenUsage(), _reason(exc)
@@ -365,7 +366,7 @@ async def integrate_guidelines(state: DizinerState, runtime: Runtime[DizinerCont
     def store(record: SupervisorRound, out: Any) -> None:
         record.integration = out.model_dump(mode="json")
 
-    return await _single_phase(state, runtime, models, "integrate_guidelines", sup.Integration, build, store)
+    return await _single_phase(state, runtime, models, "integrate_guidelines", "Integration", build, store)
 
 
 async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerContext], *, models: ModelFactory) -> dict[str, Any]:
@@ -399,7 +400,7 @@ async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerConte
                 record.organization["cut_by_caps"] = cut
             drafted.append(capped)
 
-        update = await _single_phase(state, runtime, models, "organize_guidelines", sup.Organization, build, store)
+        update = await _single_phase(state, runtime, models, "organize_guidelines", "Organization", build, store)
     new_guideline = drafted[0] if drafted else state.guideline
     history = [*update["history"][:-1], update["history"][-1].model_copy(update={"guideline_change": change_ratio(state.guideline, new_guideline)})]
     return {**update, "guideline": new_guideline, "history": history}

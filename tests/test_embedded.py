@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -160,3 +162,22 @@ def test_gemma_file_is_assembled_once_atomically(tmp_path: Path, monkeypatch: py
         f.truncate(1000)
     repaired = embedded.model_path("gemma3-270m")
     assert repaired.stat().st_size == first.st_size
+
+
+def test_openmp_threads_sleep_when_idle_and_environment_is_restored() -> None:
+    """Spinning OpenMP threads made calls 30-100x slower on a shared 2-core machine."""
+    code = (
+        "import os\n"
+        "from agents import embedded\n"
+        "embedded._import_xllamacpp()\n"
+        "print('left in environment:', os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"  # libgomp prints its settings when it loads
+    root = Path(__file__).resolve().parents[1]
+    run = [sys.executable, "-c", code]
+    result = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60, cwd=root)
+    assert result.returncode == 0, result.stderr
+    # Unset, libgomp also displays 'PASSIVE' but spins 300000 rounds: the spin count tells.
+    assert "GOMP_SPINCOUNT = '0'" in result.stderr
+    assert "left in environment: None" in result.stdout

@@ -95,9 +95,9 @@ def _env() -> dict[str, str]:
 
 
 def _refine(args: list[str], log: Path) -> subprocess.Popen:
-    fh = open(log, "w", encoding="utf-8")
-    return subprocess.Popen([sys.executable, "-m", "cli.main", "refine", *args], cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=fh)
+    with open(log, "w", encoding="utf-8") as fh:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "cli.main", "refine", *args], cwd=ROOT, env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=fh)
 
 
 def _new_run(inputs: dict[str, Path], out: Path) -> list[str]:
