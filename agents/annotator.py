@@ -31,14 +31,15 @@ EMBEDDED_MAX_ENTITIES = 8  # the tiny models repeat entities until their token c
 
 
 @lru_cache(maxsize=64)
-def entity_schema(types: tuple[str, ...], max_entities: int | None = None, max_chars: int = 200) -> type[BaseModel]:
+def entity_schema(types: tuple[str, ...], max_entities: int | None = None) -> type[BaseModel]:
     """`{"entities": [{"text": str, "type": <enum of the task's types>}]}` as a Pydantic model.
 
-    Bounded (entity count, characters per entity) so that grammar-constrained decoding always terminates."""
+    The entity count is bounded so that grammar-constrained decoding terminates; the text is not (a string bound
+    that closes early makes Gemma pad the rest of its answer with whitespace)."""
     type_enum = enum.Enum("EntityTypeName", [(t, t) for t in types], type=str)
     entity = create_model(
         "Entity",
-        text=(str, Field(max_length=max_chars, description="the entity exactly as written in the document")),
+        text=(str, Field(description="the entity exactly as written in the document")),
         type=(type_enum, Field(description="one of the entity types")),
     )
     return create_model("Entities", entities=(list[entity], Field(default_factory=list, max_length=max_entities)))

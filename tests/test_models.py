@@ -134,6 +134,22 @@ def test_specs_are_hashable_and_equal_by_value() -> None:
     assert a != parse_model_spec("openai:gpt-5-mini", temperature=0.5)
 
 
+def test_specs_round_trip_through_json() -> None:
+    """Specs travel in graph state and checkpoints: a dump must validate back to the same spec."""
+    for spec in (
+        parse_model_spec("openai:gpt-5-mini", api_key_env=None, timeout=600),
+        parse_model_spec("ollama:qwen3:14b", base_url="http://gpu-box:11434", concurrency=2),
+        parse_model_spec("embedded:gemma3-270m"),
+    ):
+        assert ModelSpec.model_validate_json(spec.model_dump_json()) == spec
+        assert ModelSpec.model_validate(spec.model_dump()) == spec
+
+
+def test_supervisor_spec_has_a_larger_output_cap() -> None:
+    assert models.supervisor_spec("openai:gpt-5-mini").max_tokens == SUPERVISOR_MAX_TOKENS
+    assert models.supervisor_spec("openai:gpt-5-mini", max_tokens=100).max_tokens == 100
+
+
 def test_structured_output_method_is_json_schema() -> None:
     # function_calling silently returns None on the embedded server.
     for text in ("openai:gpt-5-mini", "ollama:qwen3:14b", *DEFAULT_ANNOTATORS):
