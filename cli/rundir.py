@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from corpus.io import atomic_write
 from state.errors import InputError
 
 RUN_FILE = "run.json"
@@ -69,36 +70,19 @@ def dumps(obj: Any) -> str:
 
 
 def write_text(path: Path, text: str) -> bool:
-    """Write `text` whole (temp file + fsync + os.replace); skip when the file already holds exactly that.
-
-    Returns True when the file was (re)written. OS errors become InputError naming the file.
+    """Write `text` whole (corpus.io's atomic write: temp file, fsync, os.replace); skip when the file already
+    holds exactly that. Returns True when the file was (re)written. OS errors become InputError naming the file.
     """
-    data = text.encode("utf-8")
     try:
-        if path.read_bytes() == data:
+        if path.read_bytes() == text.encode("utf-8"):
             return False
     except OSError:
         pass
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise InputError(f"cannot write file: {exc.strerror or exc}", path=str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write file: {exc.strerror or exc}", path=str(path)) from None
-        raise
+    atomic_write(path, text)
     return True
 
 

@@ -302,7 +302,7 @@ def _current_umask() -> int:
 _UMASK = _current_umask()  # read once at import: os.umask is process-wide, so never toggle it while threads run
 
 
-def _atomic_write(path: str | os.PathLike, content: str) -> None:
+def atomic_write(path: str | os.PathLike, content: str) -> None:
     """Write UTF-8 text atomically: a temp file in the same directory, then os.replace (item 3).
 
     An existing file keeps its permission bits, a new one gets the usual 0o666 & ~umask. Failure to write (missing
@@ -351,7 +351,7 @@ def write_jsonl(path: str | os.PathLike, docs: Iterable[Document]) -> None:
                 obj[k] = v
         out.append(dumps(obj, ensure_ascii=False))
         out.append("\n")
-    _atomic_write(path, "".join(out))
+    atomic_write(path, "".join(out))
 
 
 def conll_tags(doc: Document, *, path: str | None = None) -> list[str]:
@@ -420,4 +420,4 @@ def write_conll(path: str | os.PathLike, docs: Iterable[Document]) -> None:
                 raise InputError(f"document {d.id!r}: token {tok!r} cannot be written as a CoNLL line", path=p)
             out.append(f"{tok}\t{tag}\n")
         out.append("\n")
-    _atomic_write(path, "".join(out))
+    atomic_write(path, "".join(out))
