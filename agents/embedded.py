@@ -292,6 +292,10 @@ def _start(alias: str, model: _Model) -> _Running:
     return _Running(server=server, base_url=root + "/v1")
 
 
+_import_lock = threading.Lock()
+_xllamacpp: Any = None
+
+
 def _import_xllamacpp() -> Any:
     """Import xllamacpp with OpenMP threads that sleep when idle instead of spinning.
 
@@ -303,19 +307,24 @@ def _import_xllamacpp() -> Any:
     variable once, when it is loaded, so it is set around the first import only (unless the user
     chose a policy) and the environment is restored afterwards.
     """
-    if "xllamacpp" in sys.modules:
-        return sys.modules["xllamacpp"]
-    chosen = any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
-    if not chosen:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        import xllamacpp
-    except ImportError as exc:
-        raise InputError(f"the Python package 'xllamacpp' is not installed ({exc}): {_INSTALL_HINT}") from exc
-    finally:
+    global _xllamacpp
+    # Under a lock, and cached only once complete: while one thread imports it, sys.modules already holds a
+    # partially initialised module, and a second annotator branch starting its server must not use that.
+    with _import_lock:
+        if _xllamacpp is not None:
+            return _xllamacpp
+        chosen = any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
         if not chosen:
-            os.environ.pop("OMP_WAIT_POLICY", None)
-    return xllamacpp
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        try:
+            import xllamacpp
+        except ImportError as exc:
+            raise InputError(f"the Python package 'xllamacpp' is not installed ({exc}): {_INSTALL_HINT}") from exc
+        finally:
+            if not chosen:
+                os.environ.pop("OMP_WAIT_POLICY", None)
+        _xllamacpp = xllamacpp
+        return xllamacpp
 
 
 # A direct opener: loopback requests must never go through an HTTP proxy from the environment.

@@ -181,3 +181,28 @@ def test_openmp_threads_sleep_when_idle_and_environment_is_restored() -> None:
     # Unset, libgomp also displays 'PASSIVE' but spins 300000 rounds: the spin count tells.
     assert "GOMP_SPINCOUNT = '0'" in result.stderr
     assert "left in environment: None" in result.stdout
+
+
+@pytest.mark.integration
+def test_two_models_started_concurrently_in_a_fresh_process():
+    """Regression: two annotator branches starting their servers at once must not see a half-imported xllamacpp."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import threading\n"
+        "from agents.models import parse_model_spec, chat_model\n"
+        "errs = []\n"
+        "def go(n):\n"
+        "    try:\n"
+        "        chat_model(parse_model_spec(n))\n"
+        "    except Exception as e:\n"
+        "        errs.append(repr(e))\n"
+        "ts = [threading.Thread(target=go, args=(n,)) for n in ('embedded:smollm2', 'embedded:gemma3-270m')]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "assert not errs, errs\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

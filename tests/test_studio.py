@@ -118,9 +118,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def start_dev_server(
-    extra_env: dict[str, str] | None = None, name: str = "langgraph-dev", config: Path | None = None
+    extra_env: dict[str, str] | None = None, name: str = "langgraph-dev", config: dict[str, Any] | None = None
 ) -> Iterator[DevServer]:
-    """`langgraph dev` from the repo root on a free loopback port; the process group is killed at the end."""
+    """`langgraph dev` from the repo root on a free loopback port; the process group is killed at the end.
+
+    It serves the repo's langgraph.json (or `config`) with `"disable_persistence": true` added, from a copy in a
+    temporary directory (paths in it still resolve against the repo root, the working directory): the test server
+    then neither reads nor writes the repo's `.langgraph_api/`, where a killed server's unfinished runs would be
+    picked up again by the next server (a developer's Studio session, or the next test).
+    """
+    import json
+
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     env.update(OFFLINE_ENV)
     env.update(extra_env or {})
@@ -129,9 +137,13 @@ def start_dev_server(
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     log_path = log_dir / "server.log"
+    served = dict(config if config is not None else json.loads((REPO / "langgraph.json").read_text(encoding="utf-8")))
+    served["disable_persistence"] = True
+    config_path = log_dir / "langgraph.json"
+    config_path.write_text(json.dumps(served, indent=2), encoding="utf-8")
     handle = open(log_path, "wb")  # noqa: SIM115  (closed below)
     cmd = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload", "--port", str(port),
-           "--host", "127.0.0.1", "--config", str(config or "langgraph.json")]
+           "--host", "127.0.0.1", "--config", str(config_path)]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -208,8 +220,7 @@ def test_dev_server_starts_without_env_file(tmp_path: Path) -> None:
     missing = tmp_path / ".env"
     if isinstance(config.get("env"), str):
         config["env"] = str(missing)  # the same setting, pointing at a file that surely does not exist
-    (tmp_path / "langgraph.json").write_text(json.dumps(config), encoding="utf-8")
-    with start_dev_server(name="no-env", config=tmp_path / "langgraph.json") as server:
+    with start_dev_server(name="no-env", config=config) as server:
         assert not missing.exists()
         asyncio.run(_graph_is_served(server.url))
 
@@ -269,14 +280,11 @@ SCRIPTED_CONTEXT = {"annotators": ["openai:a", "openai:b", "openai:c"], "supervi
 
 @pytest.fixture(scope="module")
 def scripted_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    import json
-
     root = tmp_path_factory.mktemp("scripted-graph")
     (root / "scripted_graph.py").write_text(_SCRIPTED_GRAPH, encoding="utf-8")
-    config = {"dependencies": [str(REPO)], "graphs": {"diziner": str(root / "scripted_graph.py") + ":graph"}}
-    (root / "langgraph.json").write_text(json.dumps(config), encoding="utf-8")
+    config = {"dependencies": ["."], "graphs": {"diziner": str(root / "scripted_graph.py") + ":graph"}}
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    with start_dev_server(env, name="studio-scripted", config=root / "langgraph.json") as server:
+    with start_dev_server(env, name="studio-scripted", config=config) as server:
         yield server
         blocking = server.blocking_reports()
         assert not blocking, "the server reported blocking calls:\n" + "\n".join(blocking)
