@@ -1,9 +1,11 @@
 """End to end through `langgraph dev`: what a person does in Studio, driven with langgraph-sdk (issue 3).
 
 A real `python -m langgraph_cli dev` serves `langgraph.json` on a free loopback port, offline (no analytics, no
-version check, no tracing, no OpenAI key), with the embedded default models and short settings. The test creates
-a thread, runs to a breakpoint before `analyze_patterns`, reads and edits the state, resumes to stop after the
-next node, resumes to the end and reads the history; it also reads the assistant's schemas (the Studio form).
+version check, no tracing, no OpenAI key), with the embedded default models and short settings. The session
+reads the assistant's schemas (the Studio form), creates a thread, runs to a breakpoint before `analyze_patterns`,
+reads and edits the state, resumes to stop after the next node, resumes to the end (streaming) and reads the
+history. The same session also runs against a scripted twin of the graph (seconds, deterministic), and a server
+whose langgraph.json names a missing `.env` must start (a fresh clone has none).
 
 `start_dev_server` is shared with tests/test_traces.py (the tracing run starts its own server).
 """
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,15 @@ RUN_TIMEOUT_S = 1800.0  # one runs.wait call; the embedded models are slow on a 
 
 # short settings for the embedded default models (the Studio form's values)
 STUDIO_CONTEXT = {"max_loops": 2, "pilot_size": 3}
+# The same two embedded annotators and supervisor, through a run file (the form's `run_config` field) that caps the
+# supervisor's answer: SmolLM2 as supervisor otherwise writes up to its default 4096 tokens per attempt, minutes
+# per phase on two busy cores. A truncated answer is a recorded phase failure, and the run goes on.
+STUDIO_RUN_FILE = """\
+annotators:
+  - {name: "embedded:smollm2"}
+  - {name: "embedded:gemma3-270m"}
+supervisor: {name: "embedded:smollm2", max_tokens: 1024}
+"""
 
 
 # ---------------------------------------------------------------- the server
@@ -82,7 +94,6 @@ class DevServer:
     process: subprocess.Popen
     log_path: Path
     started_in: float
-    _log_handle: Any = field(repr=False, default=None)
 
     def log(self) -> str:
         try:
@@ -116,38 +127,58 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def _absolute(config: dict[str, Any]) -> dict[str, Any]:
+    """A langgraph.json whose dependency, graph and env paths point into the repo whatever the working directory."""
+
+    def fix(path: str) -> str:
+        return path if Path(path).is_absolute() else str((REPO / path).resolve())
+
+    out = dict(config)
+    out["dependencies"] = [fix(d) if d.startswith(".") or "/" in d else d for d in config.get("dependencies", [])]
+    graphs = {}
+    for gid, target in config.get("graphs", {}).items():
+        path, sep, attr = str(target).rpartition(":")
+        graphs[gid] = f"{fix(path)}{sep}{attr}" if sep else target
+    out["graphs"] = graphs
+    if isinstance(config.get("env"), str):
+        out["env"] = fix(config["env"])
+    return out
+
+
 @contextlib.contextmanager
 def start_dev_server(
     extra_env: dict[str, str] | None = None, name: str = "langgraph-dev", config: dict[str, Any] | None = None
 ) -> Iterator[DevServer]:
-    """`langgraph dev` from the repo root on a free loopback port; the process group is killed at the end.
+    """`langgraph dev` serving the repo's graph on a free loopback port; the process group is killed at the end.
 
-    It serves the repo's langgraph.json (or `config`) with `"disable_persistence": true` added, from a copy in a
-    temporary directory (paths in it still resolve against the repo root, the working directory): the test server
-    then neither reads nor writes the repo's `.langgraph_api/`, where a killed server's unfinished runs would be
-    picked up again by the next server (a developer's Studio session, or the next test).
+    It serves the repo's langgraph.json (or `config`) with its relative paths made absolute (against the repo
+    root), from a fresh temporary working directory. The in-memory runtime keeps its state in `./.langgraph_api/`
+    of the working directory and retries the runs it finds unfinished there, so a server started in the repo root
+    would share state with a developer's Studio session and with killed test servers; `"disable_persistence"` does
+    not help (langgraph-cli 0.4.40 drops the key when it validates the file). The server's log stays in that
+    directory (named in failure messages); its `.langgraph_api/` is removed at the end.
     """
     import json
 
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     env.update(OFFLINE_ENV)
     env.update(extra_env or {})
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, [str(REPO), *env.get("PYTHONPATH", "").split(os.pathsep)])))
     env["PYTHONUNBUFFERED"] = "1"
     env["NO_COLOR"] = "1"
     port = free_port()
-    log_dir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    log_dir = Path(tempfile.mkdtemp(prefix=f"diziner-{name}-"))
     log_path = log_dir / "server.log"
-    served = dict(config if config is not None else json.loads((REPO / "langgraph.json").read_text(encoding="utf-8")))
-    served["disable_persistence"] = True
+    served = _absolute(config if config is not None else json.loads((REPO / "langgraph.json").read_text(encoding="utf-8")))
     config_path = log_dir / "langgraph.json"
     config_path.write_text(json.dumps(served, indent=2), encoding="utf-8")
     handle = open(log_path, "wb")  # noqa: SIM115  (closed below)
     cmd = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload", "--port", str(port),
            "--host", "127.0.0.1", "--config", str(config_path)]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=log_dir, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    server = DevServer(url=url, port=port, process=proc, log_path=log_path, started_in=0.0, _log_handle=handle)
+    server = DevServer(url=url, port=port, process=proc, log_path=log_path, started_in=0.0)
     try:
         deadline = started + STARTUP_TIMEOUT_S
         while True:
@@ -156,7 +187,7 @@ def start_dev_server(
             if moved:
                 pytest.fail(f"langgraph dev did not bind the chosen port {port}: {moved.group(0)}\n{text[-3000:]}")
             if proc.poll() is not None:
-                pytest.fail(f"langgraph dev exited with {proc.returncode} before answering /ok:\n{text[-4000:]}")
+                pytest.fail(f"langgraph dev exited with {proc.returncode} before answering /ok ({log_path}):\n{text[-4000:]}")
             if _get_ok(url):
                 break
             if time.monotonic() > deadline:
@@ -170,6 +201,7 @@ def start_dev_server(
     finally:
         _kill_group(proc)
         handle.close()
+        shutil.rmtree(log_dir / ".langgraph_api", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +250,8 @@ def test_dev_server_starts_without_env_file(tmp_path: Path) -> None:
     config = json.loads((REPO / "langgraph.json").read_text(encoding="utf-8"))
     assert config.get("graphs", {}).get("diziner") == "./graph/graph.py:graph"
     missing = tmp_path / ".env"
-    if isinstance(config.get("env"), str):
-        config["env"] = str(missing)  # the same setting, pointing at a file that surely does not exist
+    assert isinstance(config.get("env"), str), config.get("env")
+    config["env"] = str(missing)  # the same setting, naming a file that surely does not exist
     with start_dev_server(name="no-env", config=config) as server:
         assert not missing.exists()
         asyncio.run(_graph_is_served(server.url))
@@ -283,8 +315,7 @@ def scripted_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[De
     root = tmp_path_factory.mktemp("scripted-graph")
     (root / "scripted_graph.py").write_text(_SCRIPTED_GRAPH, encoding="utf-8")
     config = {"dependencies": ["."], "graphs": {"diziner": str(root / "scripted_graph.py") + ":graph"}}
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    with start_dev_server(env, name="studio-scripted", config=config) as server:
+    with start_dev_server(name="studio-scripted", config=config) as server:
         yield server
         blocking = server.blocking_reports()
         assert not blocking, "the server reported blocking calls:\n" + "\n".join(blocking)
@@ -293,9 +324,12 @@ def scripted_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[De
 # ---------------------------------------------------------------- the Studio session
 
 
-def test_studio_session(dev_server: DevServer) -> None:
+def test_studio_session(dev_server: DevServer, tmp_path: Path) -> None:
     """The embedded default models (no keys, no network), short settings."""
-    asyncio.run(studio_session(dev_server, STUDIO_CONTEXT, ["embedded:smollm2", "embedded:gemma3-270m"]))
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(STUDIO_RUN_FILE, encoding="utf-8")
+    context = {**STUDIO_CONTEXT, "run_config": str(run_file)}
+    asyncio.run(studio_session(dev_server, context, ["embedded:smollm2", "embedded:gemma3-270m"]))
 
 
 def test_studio_session_scripted(scripted_dev_server: DevServer) -> None:
