@@ -13,11 +13,11 @@ from functools import lru_cache
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import HumanMessage
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agents.guideline import render_instructions, render_types
-from agents.models import ModelSpec, structured_output_method
+from agents.models import ModelSpec
+from agents.structured import invoke_structured
 from corpus.tokens import ground
 from prompts import fence, render
 from state.graph_state import TokenUsage
@@ -34,15 +34,23 @@ EMBEDDED_MAX_ENTITIES = 8  # the tiny models repeat entities until their token c
 def entity_schema(types: tuple[str, ...], max_entities: int | None = None) -> type[BaseModel]:
     """`{"entities": [{"text": str, "type": <enum of the task's types>}]}` as a Pydantic model.
 
-    The entity count is bounded so that grammar-constrained decoding terminates; the text is not (a string bound
-    that closes early makes Gemma pad the rest of its answer with whitespace)."""
+    Closed (``additionalProperties: false``): a grammar built from an open schema lets a small model invent keys
+    and run on until its token cap. `entities` is required, so an answer without it (a bare ``{}``) is a failure,
+    never "no entities". The entity count is bounded so that grammar-constrained decoding terminates; the text
+    is not (a string bound that closes early makes Gemma pad the rest of its answer with whitespace)."""
+    closed = ConfigDict(extra="forbid")
     type_enum = enum.Enum("EntityTypeName", [(t, t) for t in types], type=str)
     entity = create_model(
         "Entity",
+        __config__=closed,
         text=(str, Field(description="the entity exactly as written in the document")),
         type=(type_enum, Field(description="one of the entity types")),
     )
-    return create_model("Entities", entities=(list[entity], Field(default_factory=list, max_length=max_entities)))
+    return create_model(
+        "Entities",
+        __config__=closed,
+        entities=(list[entity], Field(max_length=max_entities, description="every entity mention, in order; [] if none")),
+    )
 
 
 def annotator_prompt(configuration: TaskConfiguration, text: str, round_: int, annotator: str, with_examples: bool = True) -> str:
@@ -78,11 +86,6 @@ def fit_annotator_prompt(spec: ModelSpec, configuration: TaskConfiguration, text
     return annotator_prompt(configuration, text, round_, spec.name, with_examples=False), True
 
 
-def usage_of(message: Any) -> TokenUsage:
-    meta = getattr(message, "usage_metadata", None) or {}
-    return TokenUsage(input_tokens=int(meta.get("input_tokens", 0)), output_tokens=int(meta.get("output_tokens", 0)), calls=1)
-
-
 async def annotate_document(
     model: BaseChatModel,
     spec: ModelSpec,
@@ -92,53 +95,26 @@ async def annotate_document(
     attempts: int = 2,
     config: dict[str, Any] | None = None,
 ) -> tuple[AnnotatorOutput, TokenUsage]:
-    """One annotator on one document; retries a failed or unparseable answer `attempts - 1` times."""
+    """One annotator on one document (retries: `agents.structured.invoke_structured`)."""
     types = tuple(t.name for t in configuration.schema_)
     schema = entity_schema(types, EMBEDDED_MAX_ENTITIES if spec.provider == "embedded" else None)
-    runnable = model.with_structured_output(schema, method=structured_output_method(spec), include_raw=True)
     prompt, _ = fit_annotator_prompt(spec, configuration, document.text, round_)
-    usage = TokenUsage()
-    reason, raw_text = "no attempt made", None
-    for attempt in range(1, attempts + 1):
-        try:
-            result = await runnable.ainvoke([HumanMessage(content=prompt)], config=config)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # provider errors, timeouts: recorded, then retried
-            reason = f"{type(exc).__name__}: {exc}"[:500]
-            continue
-        raw = result.get("raw")
-        usage = usage.add(usage_of(raw))
-        raw_text = getattr(raw, "content", None) if raw is not None else None
-        parsed = result.get("parsed")
-        if parsed is None:
-            err = result.get("parsing_error")
-            reason = f"unparseable answer: {err}"[:500] if err else "empty answer"
-            continue
-        pairs = [(e.text, e.type.value) for e in parsed.entities]
-        grounding = ground(document.text, pairs)
-        spans = [Span(start=s, end=e, type=t) for s, e, t in grounding.spans]
-        return (
-            AnnotatorOutput(
-                annotator=spec.name,
-                document_id=document.id,
-                status="ok",
-                spans=spans,
-                raw=raw_text if isinstance(raw_text, str) else None,
-                not_found=grounding.not_found,
-            ),
-            usage,
+    answer = await invoke_structured(model, spec, schema, prompt, config=config, attempts=attempts)
+    if answer.parsed is None:
+        output = AnnotatorOutput(
+            annotator=spec.name, document_id=document.id, status="failed", reason=answer.reason, raw=answer.raw_text
         )
-    return (
-        AnnotatorOutput(
-            annotator=spec.name,
-            document_id=document.id,
-            status="failed",
-            reason=f"after {attempts} attempts: {reason}",
-            raw=raw_text if isinstance(raw_text, str) else None,
-        ),
-        usage,
+        return output, answer.usage
+    grounding = ground(document.text, [(e.text, e.type.value) for e in answer.parsed.entities])
+    output = AnnotatorOutput(
+        annotator=spec.name,
+        document_id=document.id,
+        status="ok",
+        spans=[Span(start=s, end=e, type=t) for s, e, t in grounding.spans],
+        raw=answer.raw_text,
+        not_found=grounding.not_found,
     )
+    return output, answer.usage
 
 
 async def annotate_documents(

@@ -14,12 +14,12 @@ from functools import lru_cache
 from typing import Annotated, Any, Callable, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import HumanMessage
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from agents.annotator import CHARS_PER_TOKEN, usage_of
+from agents.annotator import CHARS_PER_TOKEN
 from agents.guideline import render_instructions, render_types
-from agents.models import ModelSpec, structured_output_method
+from agents.models import ModelSpec
+from agents.structured import invoke_structured
 from prompts import render
 from state.graph_state import Guideline, TokenUsage
 from state.models import EntityType, Instruction, InstructionExample
@@ -57,29 +57,30 @@ def phase_schemas(max_items: int, max_chars: int) -> PhaseSchemas:
     def items(model: Any, description: str = "") -> Any:
         return (list[model], Field(default_factory=list, max_length=max_items, description=description))
 
+    closed = ConfigDict(extra="forbid")  # additionalProperties: false, so a grammar admits no invented keys
     names = Annotated[str, Field(max_length=80)]
     prio = (Priority, "medium")
-    example = create_model("InstructionExample", text=text(), correct_annotation=text(), explanation=text(""))
-    approach = create_model("Approach", approach=text(), rationale=text(""), annotators=items(names, "annotators holding it"))
+    example = create_model("InstructionExample", __config__=closed, text=text(), correct_annotation=text(), explanation=text(""))
+    approach = create_model("Approach", __config__=closed, approach=text(), rationale=text(""), annotators=items(names, "annotators holding it"))
     pattern = create_model(
-        "Pattern", name=text(), root_cause=text(""), entity_types=items(names), covered_by_guideline=(bool, False),
+        "Pattern", __config__=closed, name=text(), root_cause=text(""), entity_types=items(names), covered_by_guideline=(bool, False),
         approaches=items(approach),
     )
-    principle = create_model("Principle", text=text(), addresses=items(names, "pattern names"), priority=prio)
-    need = create_model("Need", text=text(), priority=prio)
-    draft = create_model("DraftInstruction", text=text(), priority=prio, examples=items(example))
-    per_annotator = create_model("AnnotatorInstructions", annotator=(names, ...), instructions=items(draft))
-    resolution = create_model("Resolution", conflict=text(), chosen_approach=text(), rationale=text(""))
+    principle = create_model("Principle", __config__=closed, text=text(), addresses=items(names, "pattern names"), priority=prio)
+    need = create_model("Need", __config__=closed, text=text(), priority=prio)
+    draft = create_model("DraftInstruction", __config__=closed, text=text(), priority=prio, examples=items(example))
+    per_annotator = create_model("AnnotatorInstructions", __config__=closed, annotator=(names, ...), instructions=items(draft))
+    resolution = create_model("Resolution", __config__=closed, conflict=text(), chosen_approach=text(), rationale=text(""))
     organized = create_model("OrganizedInstruction", __base__=draft, sub_instructions=items(draft))
     return PhaseSchemas(
         PatternAnalysis=create_model(
-            "PatternAnalysis", summary=text(""), patterns=items(pattern), principles=items(principle), goal_questions=items(names)
+            "PatternAnalysis", __config__=closed, summary=text(""), patterns=items(pattern), principles=items(principle), goal_questions=items(names)
         ),
         AnnotatorDiagnosis=create_model(
-            "AnnotatorDiagnosis", tendencies=items(names), strengths=items(names), deviation=text(""), needs=items(need)
+            "AnnotatorDiagnosis", __config__=closed, tendencies=items(names), strengths=items(names), deviation=text(""), needs=items(need)
         ),
         Integration=create_model(
-            "Integration",
+            "Integration", __config__=closed,
             goal=(Annotated[str, Field(max_length=max(max_chars, 4000))], Field(default="", description="the goal, sharpened where needed, else unchanged")),
             goal_changed=(bool, False),
             resolutions=items(resolution),
@@ -87,7 +88,7 @@ def phase_schemas(max_items: int, max_chars: int) -> PhaseSchemas:
             per_annotator=items(per_annotator),
         ),
         Organization=create_model(
-            "Organization", common=items(organized), per_annotator=items(per_annotator), retired=items(names, "dropped instructions and why")
+            "Organization", __config__=closed, common=items(organized), per_annotator=items(per_annotator), retired=items(names, "dropped instructions and why")
         ),
     )
 
@@ -147,20 +148,28 @@ async def call_phase(
     model: BaseChatModel, spec: ModelSpec, schema: type[BaseModel], prompt: str, config: dict[str, Any] | None, attempts: int = 2
 ) -> tuple[BaseModel, TokenUsage]:
     """One structured supervisor call; raises PhaseFailed with the reason after `attempts` failures."""
-    runnable = model.with_structured_output(schema, method=structured_output_method(spec), include_raw=True)
-    usage = TokenUsage()
-    reason = "no attempt made"
-    for _ in range(attempts):
-        try:
-            result = await runnable.ainvoke([HumanMessage(content=prompt)], config=config)
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:500]
-            continue
-        usage = usage.add(usage_of(result.get("raw")))
-        if result.get("parsed") is not None:
-            return result["parsed"], usage
-        reason = f"unparseable answer: {result.get('parsing_error')}"[:500]
-    raise PhaseFailed(f"after {attempts} attempts: {reason}")
+    answer = await invoke_structured(model, spec, schema, prompt, config=config, attempts=attempts)
+    if answer.parsed is None:
+        raise PhaseFailed(answer.reason)
+    return answer.parsed, answer.usage
+
+
+MIN_GOAL_KEPT = 0.5
+"""A sharpened goal rewrites sections where needed (DIZINER.md 12.4); one shorter than half the goal in force has
+dropped sections, and is refused."""
+
+
+def sharpened_goal(current: str, integration: dict[str, Any]) -> tuple[str, str | None]:
+    """The goal for the next round from phase 3's output, and why a proposed goal was refused (or None)."""
+    proposed = (integration.get("goal") or "").strip()
+    if not integration.get("goal_changed") or not proposed or proposed == current.strip():
+        return current, None
+    if len(proposed) < MIN_GOAL_KEPT * len(current.strip()):
+        return current, (
+            f"sharpened goal refused: {len(proposed)} characters against {len(current.strip())} in force "
+            f"(a rewrite keeps the goal's sections): {proposed[:120]!r}"
+        )
+    return proposed, None
 
 
 def _examples(items: Any) -> list[InstructionExample]:

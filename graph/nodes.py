@@ -392,7 +392,9 @@ async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerConte
 
         def store(record: SupervisorRound, out: Any) -> None:
             record.organization = out.model_dump(mode="json")
-            new_goal = (record.integration.get("goal") or "").strip() or goal
+            new_goal, refused = sup.sharpened_goal(goal, record.integration)
+            if refused:
+                record.failures["integrate_guidelines:goal"] = refused
             capped, cut = enforce_caps(
                 sup.organization_to_guideline(out, new_goal), state.annotators, ctx.max_common_instructions, ctx.max_model_instructions
             )

@@ -74,7 +74,8 @@ class Script:
                 return {"tendencies": ["mixes types"], "needs": [{"text": "use POLITICIAN"}]}
             if schema == "Integration":
                 self.level += self.step
-                return {"goal": f"Sharpened goal {self.level}.", "common": [{"text": f"LEVEL-{self.level}"}]}
+                goal = f"{TASK.final_task_goal.strip()} Sharpened goal {self.level}."
+                return {"goal": goal, "goal_changed": True, "common": [{"text": f"LEVEL-{self.level}"}]}
             if schema == "Organization":
                 per = [{"annotator": a, "instructions": [{"text": t} for t in ts]} for a, ts in self.per_annotator.items()]
                 return {

@@ -16,6 +16,8 @@ from agents import embedded, models
 from agents.models import (
     DEFAULT_ANNOTATORS,
     DEFAULT_SUPERVISOR,
+    EMBEDDED_MAX_TOKENS,
+    EMBEDDED_SUPERVISOR_MAX_TOKENS,
     SUPERVISOR_MAX_TOKENS,
     ModelSpec,
     RunConfig,
@@ -63,6 +65,8 @@ def test_parse_fills_provider_defaults() -> None:
 
     small = parse_model_spec("embedded:smollm2")
     assert small.concurrency == 1
+    assert small.max_tokens == EMBEDDED_MAX_TOKENS < openai.max_tokens  # a runaway tiny model costs less
+    assert parse_model_spec("embedded:smollm2", max_tokens=2048).max_tokens == 2048
     assert small.api_key_env is None
     assert small.context_window == embedded.context_window("smollm2") >= 8192
 
@@ -148,6 +152,8 @@ def test_specs_round_trip_through_json() -> None:
 def test_supervisor_spec_has_a_larger_output_cap() -> None:
     assert models.supervisor_spec("openai:gpt-5-mini").max_tokens == SUPERVISOR_MAX_TOKENS
     assert models.supervisor_spec("openai:gpt-5-mini", max_tokens=100).max_tokens == 100
+    assert models.supervisor_spec("embedded:smollm2").max_tokens == EMBEDDED_SUPERVISOR_MAX_TOKENS
+    assert EMBEDDED_MAX_TOKENS < EMBEDDED_SUPERVISOR_MAX_TOKENS < SUPERVISOR_MAX_TOKENS
 
 
 def test_structured_output_method_is_json_schema() -> None:
@@ -195,7 +201,10 @@ def test_load_run_config_defaults(tmp_path: Path) -> None:
     default = RunConfig()
     assert [a.name for a in default.annotators] == list(DEFAULT_ANNOTATORS)
     assert default.supervisor.name == DEFAULT_SUPERVISOR
-    assert default.supervisor.max_tokens == SUPERVISOR_MAX_TOKENS
+    assert default.supervisor.max_tokens == EMBEDDED_SUPERVISOR_MAX_TOKENS  # the default supervisor is embedded
+    assert load_run_config(write(tmp_path, "supervisor: {name: embedded:gemma3-270m}\n")).supervisor.max_tokens == (
+        EMBEDDED_SUPERVISOR_MAX_TOKENS
+    )
 
 
 def test_run_config_from_names() -> None:

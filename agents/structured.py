@@ -1,0 +1,77 @@
+"""One structured-output call with retries, shared by the annotator agents and the supervisor phases."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.exceptions import OutputParserException
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage
+from pydantic import BaseModel, ValidationError
+
+from agents.models import ModelSpec, structured_output_method
+from state.graph_state import TokenUsage
+
+_ANSWER_ERRORS = ("LengthFinishReasonError", "ContentFilterFinishReasonError")
+
+
+@dataclass
+class StructuredAnswer:
+    parsed: BaseModel | None  # None: every attempt failed, see `reason`
+    usage: TokenUsage
+    reason: str  # why the last attempt failed ("" on success)
+    raw_text: str | None  # the model's last raw answer, when there was one
+    attempts: int  # attempts made
+
+
+def usage_of(message: Any) -> TokenUsage:
+    meta = getattr(message, "usage_metadata", None) or {}
+    return TokenUsage(input_tokens=int(meta.get("input_tokens", 0)), output_tokens=int(meta.get("output_tokens", 0)), calls=1)
+
+
+def is_answer_error(exc: BaseException) -> bool:
+    """True when the model answered but the answer is unusable (token cap reached, invalid output)."""
+    return isinstance(exc, (OutputParserException, ValidationError, ValueError)) or type(exc).__name__ in _ANSWER_ERRORS
+
+
+def deterministic(spec: ModelSpec) -> bool:
+    """An embedded model at temperature 0 gives the same answer to the same prompt (one slot, no prompt cache)."""
+    return spec.provider == "embedded" and spec.temperature == 0
+
+
+async def invoke_structured(
+    model: BaseChatModel,
+    spec: ModelSpec,
+    schema: type[BaseModel],
+    prompt: str,
+    config: dict[str, Any] | None = None,
+    attempts: int = 2,
+) -> StructuredAnswer:
+    """Ask for `schema`; retry a failed call up to `attempts - 1` times.
+
+    An unusable answer from a deterministic model is not retried: the same prompt would give the same answer."""
+    runnable = model.with_structured_output(schema, method=structured_output_method(spec), include_raw=True)
+    usage, reason, raw_text, made = TokenUsage(), "no attempt made", None, 0
+    for made in range(1, attempts + 1):
+        try:
+            result = await runnable.ainvoke([HumanMessage(content=prompt)], config=config)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # provider errors, timeouts, answers cut at the token cap
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            if deterministic(spec) and is_answer_error(exc):
+                break
+            continue
+        raw = result.get("raw")
+        usage = usage.add(usage_of(raw))
+        content = getattr(raw, "content", None) if raw is not None else None
+        raw_text = content if isinstance(content, str) else raw_text
+        if result.get("parsed") is not None:
+            return StructuredAnswer(result["parsed"], usage, "", raw_text, made)
+        err = result.get("parsing_error")
+        reason = f"unparseable answer: {err}"[:500] if err else "empty answer"
+        if deterministic(spec):
+            break
+    return StructuredAnswer(None, usage, f"after {made} attempt{'s' if made != 1 else ''}: {reason}", raw_text, made)

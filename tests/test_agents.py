@@ -1,0 +1,103 @@
+"""Agent building blocks: closed output schemas, the retry policy, the goal update (no model server needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from agents.annotator import annotate_document, entity_schema
+from agents.models import parse_model_spec
+from agents.structured import invoke_structured
+from agents.supervisor import COMPACT, GENEROUS, phase_schemas, sharpened_goal
+from state.models import Document, EntityType, TaskConfiguration
+from tests.scripted import ScriptedChatModel
+
+
+def _objects(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [schema] if schema.get("type") == "object" else []
+    for sub in schema.get("$defs", {}).values():
+        found += _objects(sub)
+    return found
+
+
+def test_entity_schema_is_closed_and_requires_the_entity_list() -> None:
+    model = entity_schema(("PER", "LOC"), 8)
+    objects = _objects(model.model_json_schema())
+    assert len(objects) == 2 and all(o["additionalProperties"] is False for o in objects)
+    assert model.model_json_schema()["required"] == ["entities"]
+    assert model.model_validate({"entities": []}).entities == []
+    for bad in ({}, {"entities": [], "note": "x"}, {"entities": [{"text": "Ada", "type": "PER", "age": 3}]},
+                {"entities": [{"text": "Ada", "type": "ORG"}]}, {"entities": [{"text": "a", "type": "PER"}] * 9}):
+        with pytest.raises(ValidationError):
+            model.model_validate(bad)
+
+
+@pytest.mark.parametrize("bounds", [COMPACT, GENEROUS])
+def test_phase_schemas_are_closed(bounds: tuple[int, int]) -> None:
+    schemas = phase_schemas(*bounds)
+    for name in ("PatternAnalysis", "AnnotatorDiagnosis", "Integration", "Organization"):
+        model: type[BaseModel] = getattr(schemas, name)
+        objects = _objects(model.model_json_schema())
+        assert objects and all(o.get("additionalProperties") is False for o in objects), name
+        with pytest.raises(ValidationError):
+            model.model_validate({"invented": 1})
+
+
+def _doc() -> Document:
+    return Document(id="d1", text="Ada Lovelace lived in London .")
+
+
+def _configuration() -> TaskConfiguration:
+    return TaskConfiguration(schema=[EntityType(name="PER", definition="a person"), EntityType(name="LOC", definition="a place")], goal="Find people and places.")
+
+
+def _run(spec_name: str, answers: list[Any]) -> tuple[Any, ScriptedChatModel]:
+    queue = list(answers)
+    model = ScriptedChatModel(respond=lambda prompt, schema: queue.pop(0))
+    out, usage = asyncio.run(annotate_document(model, parse_model_spec(spec_name), _configuration(), _doc(), 1))
+    return out, model
+
+
+def test_unusable_answer_from_a_deterministic_model_is_not_retried() -> None:
+    out, model = _run("embedded:smollm2", [{}, {"entities": []}])
+    assert out.status == "failed" and len(model.calls) == 1
+    assert out.reason.startswith("after 1 attempt: unparseable answer") and "entities" in out.reason
+    assert out.raw == "{}"  # kept for the reader
+
+
+def test_unusable_answer_from_other_models_is_retried() -> None:
+    out, model = _run("openai:gpt-5-mini", [{}, {"entities": [{"text": "London", "type": "LOC"}]}])
+    assert out.status == "ok" and len(model.calls) == 2
+    assert [(s.start, s.end, s.type) for s in out.spans] == [(22, 28, "LOC")]
+    out, model = _run("openai:gpt-5-mini", [{}, "not json"])
+    assert out.status == "failed" and out.reason.startswith("after 2 attempts: unparseable answer")
+
+
+def test_call_errors_are_retried_even_for_deterministic_models() -> None:
+    out, model = _run("embedded:smollm2", [ConnectionError("server restarting"), {"entities": [{"text": "Ada Lovelace", "type": "PER"}]}])
+    assert out.status == "ok" and len(model.calls) == 2 and [(s.start, s.end) for s in out.spans] == [(0, 12)]
+    out, model = _run("embedded:smollm2", [ConnectionError("down"), ConnectionError("still down")])
+    assert out.status == "failed" and out.reason == "after 2 attempts: ConnectionError: still down"
+
+
+def test_invoke_structured_reports_usage_of_every_answer() -> None:
+    queue: list[Any] = ["{", {"entities": []}]
+    model = ScriptedChatModel(respond=lambda prompt, schema: queue.pop(0))
+    answer = asyncio.run(invoke_structured(model, parse_model_spec("ollama:qwen3:14b"), entity_schema(("PER",)), "prompt"))
+    assert answer.parsed is not None and answer.attempts == 2 and answer.usage.calls == 2 and answer.reason == ""
+
+
+GOAL = "PURPOSE: mark people and places in news.\nDOWNSTREAM USE: search.\nPRINCIPLES: full names, no titles."
+
+
+def test_sharpened_goal_is_adopted_only_when_changed_and_complete() -> None:
+    longer = GOAL + "\nClarified: titles such as 'President' are left out of PER spans."
+    assert sharpened_goal(GOAL, {"goal": longer, "goal_changed": True}) == (longer, None)
+    assert sharpened_goal(GOAL, {"goal": longer, "goal_changed": False}) == (GOAL, None)  # not declared changed
+    assert sharpened_goal(GOAL, {"goal": "", "goal_changed": True}) == (GOAL, None)
+    assert sharpened_goal(GOAL, {}) == (GOAL, None)
+    goal, refused = sharpened_goal(GOAL, {"goal": "Your task", "goal_changed": True})
+    assert goal == GOAL and refused and "refused" in refused and "'Your task'" in refused
