@@ -18,7 +18,7 @@ install: $(STAMP)
 
 # The main job on the embedded default (no keys, no network): refine on Broad Twitter's pool (its dev split; three
 # entity types keep the prompts short for the tiny models) for two rounds with a small pilot, then apply the
-# selected guideline to the first 20 test tweets and score it. Any benchmark works: make demo BENCH=crossner_ai
+# selected guideline to the first 10 test tweets and score it. Any benchmark works: make demo BENCH=crossner_ai
 # POOL=../shared/data/ner/crossner_ai/train.txt TEST=../shared/data/ner/crossner_ai/test.txt
 DATA     ?= ../shared/data/ner
 BENCH    ?= broad_twitter
@@ -27,7 +27,7 @@ TEST     ?= $(DATA)/$(BENCH)/test.conll
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(PY) -m cli.main refine --task tasks/$(BENCH).yaml --docs $(POOL) --out $(DEMO_DIR) --max-loops 2 --pilot-size 5 --overwrite
-	$(PY) -c "from corpus.io import read_documents, write_jsonl; docs, _ = read_documents('$(TEST)'); write_jsonl('$(DEMO_DIR)/test-slice.jsonl', docs[:20])"
+	$(PY) -c "from corpus.io import read_documents, write_jsonl; docs, _ = read_documents('$(TEST)'); write_jsonl('$(DEMO_DIR)/test-slice.jsonl', docs[:10])"
 	$(PY) -m cli.main annotate --run $(DEMO_DIR) --docs $(DEMO_DIR)/test-slice.jsonl --out $(DEMO_DIR)/test-predictions.jsonl
 	$(PY) -m cli.main evaluate --gold $(DEMO_DIR)/test-slice.jsonl --pred $(DEMO_DIR)/test-predictions.jsonl
 	@echo "outputs: $(DEMO_DIR)/ (summary.json, round-*/, guideline.md, guideline.json, test-predictions.jsonl)"

@@ -31,6 +31,21 @@ def usage_of(message: Any) -> TokenUsage:
     return TokenUsage(input_tokens=int(meta.get("input_tokens", 0)), output_tokens=int(meta.get("output_tokens", 0)), calls=1)
 
 
+def _completion_usage(completion: Any) -> TokenUsage:
+    used = getattr(completion, "usage", None)
+    return TokenUsage(
+        input_tokens=int(getattr(used, "prompt_tokens", 0) or 0), output_tokens=int(getattr(used, "completion_tokens", 0) or 0), calls=1
+    )
+
+
+def _completion_text(completion: Any) -> str | None:
+    try:
+        content = completion.choices[0].message.content
+    except (AttributeError, IndexError):
+        return None
+    return content if isinstance(content, str) else None
+
+
 def is_answer_error(exc: BaseException) -> bool:
     """True when the model answered but the answer is unusable (token cap reached, invalid output)."""
     return isinstance(exc, (OutputParserException, ValidationError, ValueError)) or type(exc).__name__ in _ANSWER_ERRORS
@@ -61,6 +76,10 @@ async def invoke_structured(
             raise
         except Exception as exc:  # provider errors, timeouts, answers cut at the token cap
             reason = f"{type(exc).__name__}: {exc}"[:500]
+            completion = getattr(exc, "completion", None)  # openai's LengthFinishReasonError keeps the answer
+            if completion is not None:
+                usage = usage.add(_completion_usage(completion))
+                raw_text = _completion_text(completion) or raw_text
             if deterministic(spec) and is_answer_error(exc):
                 break
             continue

@@ -42,20 +42,21 @@ class PhaseSchemas:
     Organization: type[BaseModel]
 
 
-GENEROUS = (12, 2000)  # (items per list, characters per string)
-COMPACT = (2, 120)
+GENEROUS = (12, 2000, 2)  # (items per list, characters per string, examples per instruction: 1-2, DIZINER.md 12.4)
+COMPACT = (2, 120, 1)
 
 
 @lru_cache(maxsize=8)
-def phase_schemas(max_items: int, max_chars: int) -> PhaseSchemas:
-    """The four phases' output models with lists of at most `max_items` and strings of at most `max_chars`."""
+def phase_schemas(max_items: int, max_chars: int, max_examples: int) -> PhaseSchemas:
+    """The four phases' output models with lists of at most `max_items` (`max_examples` for an instruction's
+    examples) and strings of at most `max_chars`."""
 
     def text(default: str | None = None, description: str = "") -> Any:
         kind = Annotated[str, Field(max_length=max_chars, description=description)]
         return (kind, default) if default is not None else (kind, ...)
 
-    def items(model: Any, description: str = "") -> Any:
-        return (list[model], Field(default_factory=list, max_length=max_items, description=description))
+    def items(model: Any, description: str = "", at_most: int = max_items) -> Any:
+        return (list[model], Field(default_factory=list, max_length=at_most, description=description))
 
     closed = ConfigDict(extra="forbid")  # additionalProperties: false, so a grammar admits no invented keys
     names = Annotated[str, Field(max_length=80)]
@@ -68,7 +69,7 @@ def phase_schemas(max_items: int, max_chars: int) -> PhaseSchemas:
     )
     principle = create_model("Principle", __config__=closed, text=text(), addresses=items(names, "pattern names"), priority=prio)
     need = create_model("Need", __config__=closed, text=text(), priority=prio)
-    draft = create_model("DraftInstruction", __config__=closed, text=text(), priority=prio, examples=items(example))
+    draft = create_model("DraftInstruction", __config__=closed, text=text(), priority=prio, examples=items(example, "1-2 worked examples", max_examples))
     per_annotator = create_model("AnnotatorInstructions", __config__=closed, annotator=(names, ...), instructions=items(draft))
     resolution = create_model("Resolution", __config__=closed, conflict=text(), chosen_approach=text(), rationale=text(""))
     organized = create_model("OrganizedInstruction", __base__=draft, sub_instructions=items(draft))
@@ -141,7 +142,13 @@ def fit(build: Callable[[int], str], spec: ModelSpec, levels: tuple[int, ...] = 
 
 
 class PhaseFailed(RuntimeError):
-    """A supervisor call that gave no usable answer; the message says why."""
+    """A supervisor call that gave no usable answer; the message says why. Keeps the last raw answer (for the
+    reader) and the tokens the failed attempts used."""
+
+    def __init__(self, reason: str, raw_text: str | None = None, usage: TokenUsage | None = None) -> None:
+        super().__init__(reason)
+        self.raw_text = raw_text
+        self.usage = usage or TokenUsage()
 
 
 async def call_phase(
@@ -150,7 +157,7 @@ async def call_phase(
     """One structured supervisor call; raises PhaseFailed with the reason after `attempts` failures."""
     answer = await invoke_structured(model, spec, schema, prompt, config=config, attempts=attempts)
     if answer.parsed is None:
-        raise PhaseFailed(answer.reason)
+        raise PhaseFailed(answer.reason, answer.raw_text, answer.usage)
     return answer.parsed, answer.usage
 
 

@@ -358,13 +358,15 @@ def _extras(info: dict[str, Any], session_started: float) -> dict[str, Any]:
 
 
 async def _run_graph(run_dir: Path, info: dict[str, Any], ctx, graph_input: dict[str, Any] | None) -> str:
+    import aiosqlite
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    from graph.builder import GRAPH_NAME, build_graph
+    from graph.builder import GRAPH_NAME, build_graph, checkpoint_serde
 
     config = {"configurable": {"thread_id": info["thread_id"]}}
     t0 = time.perf_counter()
-    async with AsyncSqliteSaver.from_conn_string(str(run_dir / rundir.CHECKPOINTS)) as saver:
+    async with aiosqlite.connect(str(run_dir / rundir.CHECKPOINTS)) as conn:
+        saver = AsyncSqliteSaver(conn, serde=checkpoint_serde())
         graph = build_graph().compile(checkpointer=saver, name=GRAPH_NAME)
         progress = Progress()
         if graph_input is None:

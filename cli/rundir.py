@@ -260,8 +260,8 @@ def phase_documents(state: Any, round_: int) -> dict[str, dict[str, Any]]:
     """file name -> JSON object for each supervisor phase that has run in `round_`.
 
     A phase has run when it left an output, a failure (also "skipped: ..."), or its time in the round's record.
-    Each file: {"round", "phase", "node", "output", "failed"}; phase 2's output maps annotator ->
-    diagnosis and its `failed` maps annotator -> reason.
+    Each file: {"round", "phase", "node", "output", "failed"} and, when a failed call left an unusable answer,
+    "failed_answer"; phase 2's output maps annotator -> diagnosis and its `failed` maps annotator -> reason.
     """
     record = next((r for r in state.history if r.round == round_), None)
     sup = next((s for s in state.supervisor if s.round == round_), None)
@@ -278,13 +278,16 @@ def phase_documents(state: Any, round_: int) -> dict[str, dict[str, Any]]:
         if node == "diagnose_models":
             prefix = "diagnose_models:"
             failed: Any = {k[len(prefix):]: v for k, v in sup.failures.items() if k.startswith(prefix)} or None
+            answer: Any = {k[len(prefix):]: v for k, v in sup.failed_answers.items() if k.startswith(prefix)} or None
             output = outputs[node] or None
         else:
-            failed = sup.failures.get(node)
+            failed, answer = sup.failures.get(node), sup.failed_answers.get(node)
             output = outputs[node]
         if output is None and failed is None and node not in record.seconds:
             continue
         docs[name] = {"round": round_, "phase": phase, "node": node, "output": outputs[node], "failed": failed}
+        if answer:
+            docs[name]["failed_answer"] = answer
     return docs
 
 

@@ -3,17 +3,17 @@ server and the tests compile it with their own checkpointer and models."""
 
 from __future__ import annotations
 
-import os
 from functools import partial
+from typing import Any
 
-os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")  # Pydantic state round-trips through checkpoints
+from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel
 
-from langgraph.graph import END, START, StateGraph  # noqa: E402
-
-from graph import nodes  # noqa: E402
-from graph.context import DizinerContext  # noqa: E402
-from graph.routing import route_after_analysis  # noqa: E402
-from state.graph_state import DizinerInput, DizinerOutput, DizinerState  # noqa: E402
+from graph import nodes
+from graph.context import DizinerContext
+from graph.routing import route_after_analysis
+from state import graph_state, models
+from state.graph_state import DizinerInput, DizinerOutput, DizinerState
 
 SUPERVISOR_PHASES = ("analyze_patterns", "diagnose_models", "integrate_guidelines", "organize_guidelines")
 GRAPH_NAME = "diziner"
@@ -43,3 +43,21 @@ def build_graph(models: nodes.ModelFactory | None = None) -> StateGraph:
     b.add_edge("organize_guidelines", "select_pilot")
     b.add_edge("select_best", END)
     return b
+
+
+def checkpoint_types() -> list[tuple[str, str]]:
+    """(module, name) of every Pydantic model a checkpoint holds: the state's models and the `Send` payload."""
+    found = []
+    for module in (models, graph_state, nodes):
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__:
+                found.append((obj.__module__, obj.__qualname__))
+    return sorted(found)
+
+
+def checkpoint_serde() -> Any:
+    """The checkpoint serializer with our types allowlisted: they round-trip as themselves, with no
+    "unregistered type" warning, and any other custom type in a checkpoint is refused."""
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    return JsonPlusSerializer(allowed_msgpack_modules=checkpoint_types())

@@ -13,7 +13,7 @@ MAX_LOOPS_CAP = 5
 
 class DizinerContext(BaseModel):
     annotators: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_ANNOTATORS),
+        default=list(DEFAULT_ANNOTATORS),  # a plain default (pydantic copies it per instance) shows in the Studio form
         description="annotator model specs 'provider:model' (openai:..., ollama:..., embedded:smollm2, embedded:gemma3-270m)",
     )
     supervisor: str = Field(default=DEFAULT_SUPERVISOR, description="supervisor model spec 'provider:model'")

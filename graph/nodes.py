@@ -271,6 +271,14 @@ def _reason(exc: BaseException) -> str:
     return text[:500]
 
 
+def _record_failure(rec: SupervisorRound, key: str, exc: BaseException) -> None:
+    """Why a phase failed, and the unusable answer when there was one (never an empty result in its place)."""
+    rec.failures[key] = _reason(exc)
+    raw = getattr(exc, "raw_text", None)
+    if raw:
+        rec.failed_answers[key] = raw
+
+
 async def _single_phase(state, runtime, models, node: str, schema: str, build, store) -> dict[str, Any]:
     """Run one supervisor call for `node`; `store(record, output)` files the result. A failure is recorded in the
     round's supervisor record (never silently replaced by an empty result) and the loop goes on."""
@@ -281,7 +289,8 @@ async def _single_phase(state, runtime, models, node: str, schema: str, build, s
         out, usage = await _phase(state, runtime, models, node, schema, build)
         store(rec, out)
     except Exception as exc:
-        rec.failures[node] = _reason(exc)
+        _record_failure(rec, node, exc)
+        usage = getattr(exc, "usage", usage)
     return {"supervisor": [*rounds, rec], "history": _add_usage(state, usage, node, time.perf_counter() - started)}
 
 
@@ -335,16 +344,16 @@ async def diagnose_models(state: DizinerState, runtime: Runtime[DizinerContext],
             out, usage = await _phase(state, runtime, models, "diagnose_models", "AnnotatorDiagnosis", build, {"annotator": name})
             return name, out.model_dump(mode="json"), usage, None
         except Exception as exc:
-            return name, None, TokenUsage(), _reason(exc)
+            return name, None, getattr(exc, "usage", TokenUsage()), exc
 
     results = await asyncio.gather(*(one(n) for n in diagnosis_targets(state, ctx)))
     usage = TokenUsage()
-    for name, out, u, err in results:
+    for name, out, u, exc in results:
         usage = usage.add(u)
         if out is not None:
             rec.diagnoses[name] = out
         else:
-            rec.failures[f"diagnose_models:{name}"] = err or "failed"
+            _record_failure(rec, f"diagnose_models:{name}", exc)
     return {"supervisor": [*rounds, rec], "history": _add_usage(state, usage, "diagnose_models", time.perf_counter() - started)}
 
 

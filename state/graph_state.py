@@ -90,6 +90,7 @@ class SupervisorRound(BaseModel):
     integration: dict[str, Any] | None = None
     organization: dict[str, Any] | None = None
     failures: dict[str, str] = Field(default_factory=dict, description="phase -> why it failed")
+    failed_answers: dict[str, str] = Field(default_factory=dict, description="phase -> the unusable answer, if any")
 
 
 class DizinerInput(BaseModel):

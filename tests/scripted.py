@@ -8,6 +8,7 @@ real chat-model run followed by parsing, so traces show a genuine LLM run.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from typing import Any, Callable
 
@@ -55,3 +56,59 @@ class ScriptedChatModel(BaseChatModel):
                 return {"raw": msg, "parsed": None, "parsing_error": exc}
 
         return bound | RunnableLambda(parse, name="parse")
+
+
+# ---------------------------------------------------------------- scripted annotator teams
+
+CAPITALISED = r"\b[A-Z][a-z]+\b"
+
+SUPERVISOR_BASICS: dict[str, Any] = {
+    "PatternAnalysis": {"summary": "s", "patterns": [{"name": "p1"}], "principles": [{"text": "prefer POLITICIAN"}]},
+    "AnnotatorDiagnosis": {"tendencies": ["x"], "needs": [{"text": "n"}]},
+}
+
+
+def document_of(prompt: str) -> str:
+    """The fenced document of an annotator prompt."""
+    return prompt.split("<document>\n", 1)[1].split("\n</document>", 1)[0]
+
+
+def tag_words(doc: str, odd_type: str, even_type: str, pattern: str = CAPITALISED) -> dict[str, Any]:
+    """Every word matching `pattern` as an entity, typed alternately (the first one `even_type`)."""
+    words = re.findall(pattern, doc)
+    return {"entities": [{"text": w, "type": odd_type if i % 2 else even_type} for i, w in enumerate(words)]}
+
+
+def responder(annotate: Callable[[str], Any], supervisor: dict[str, Any]) -> Callable[[str, str], Any]:
+    """`respond(prompt, schema)`: annotator prompts go to `annotate(prompt)`, a supervisor phase's schema is looked
+    up in `supervisor` (an answer, or a function of the prompt), falling back on SUPERVISOR_BASICS."""
+    answers = {**SUPERVISOR_BASICS, **supervisor}
+
+    def respond(prompt: str, schema: str) -> Any:
+        if schema == "Entities":
+            return annotate(prompt)
+        if schema not in answers:
+            return ValueError(f"no scripted answer for {schema}")
+        answer = answers[schema]
+        return answer(prompt) if callable(answer) else answer
+
+    return respond
+
+
+class ScriptedModels:
+    """The injected chat-model factory: one ScriptedChatModel per spec name, answering with `respond_for(name)`."""
+
+    def __init__(self, respond_for: Callable[[str], Callable[[str, str], Any]]) -> None:
+        self.respond_for = respond_for
+        self.by_name: dict[str, ScriptedChatModel] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, spec: Any) -> ScriptedChatModel:
+        with self._lock:
+            if spec.name not in self.by_name:
+                self.by_name[spec.name] = ScriptedChatModel(respond=self.respond_for(spec.name))
+            return self.by_name[spec.name]
+
+    def calls(self, name: str, schema: str | None = None) -> list[str]:
+        model = self.by_name.get(name)
+        return [p for p, s in (model.calls if model else []) if schema is None or s == schema]

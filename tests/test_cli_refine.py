@@ -7,7 +7,6 @@ and `cli.annotate` look up when they run: the product code knows nothing about t
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import agents.models
 from agents.models import safe_name
 from cli import rundir
 from cli.main import main
-from tests.scripted import ScriptedChatModel
+from tests.scripted import ScriptedModels, document_of, responder, tag_words
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "tasks" / "crossner_politics.yaml"
@@ -73,51 +72,36 @@ FAILS\tO
 """
 
 
-def document_of(prompt: str) -> str:
-    return prompt.split("<document>\n", 1)[1].split("\n</document>", 1)[0]
+def annotator(name: str):
+    """Capitalised words as entities; the type depends on the annotator so that they disagree; annotator c
+    fails on documents with 'Senate'; every document containing FAILS fails."""
+
+    def annotate(prompt: str):
+        doc = document_of(prompt)
+        if "FAILS" in doc or (name.endswith("c") and "Senate" in doc):
+            return RuntimeError("scripted failure")
+        kind = "PERSON" if name.endswith("a") and "- PERSON:" in prompt else "POLITICIAN"
+        return tag_words(doc, kind, "LOCATION")
+
+    return annotate
+
+
+ONLY_A = [{"annotator": "openai:a", "instructions": [{"text": "ONLY-A"}]}]
+SUPERVISOR = {
+    "Integration": {"goal": "GOAL-2", "common": [{"text": "RULE-1"}], "per_annotator": ONLY_A},
+    "Organization": {"common": [{"text": "RULE-1", "priority": "high"}], "per_annotator": ONLY_A},
+}
 
 
 def respond_for(name: str):
-    """Capitalised words as entities; the type depends on the annotator so that they disagree; annotator c
-    fails on documents with 'Senate'; every document containing FAILS fails; the supervisor writes rules."""
-
-    def respond(prompt: str, schema: str):
-        if schema == "Entities":
-            doc = document_of(prompt)
-            if "FAILS" in doc or (name.endswith("c") and "Senate" in doc):
-                return RuntimeError("scripted failure")
-            words = re.findall(r"\b[A-Z][a-z]+\b", doc)
-            kind = "PERSON" if name.endswith("a") and "- PERSON:" in prompt else "POLITICIAN"
-            return {"entities": [{"text": w, "type": kind if i % 2 else "LOCATION"} for i, w in enumerate(words)]}
-        if schema == "PatternAnalysis":
-            return {"summary": "s", "patterns": [{"name": "p1"}], "principles": [{"text": "prefer POLITICIAN"}]}
-        if schema == "AnnotatorDiagnosis":
-            return {"tendencies": ["x"], "needs": [{"text": "n"}]}
-        if schema == "Integration":
-            return {"goal": "GOAL-2", "common": [{"text": "RULE-1"}],
-                    "per_annotator": [{"annotator": "openai:a", "instructions": [{"text": "ONLY-A"}]}]}
-        if schema == "Organization":
-            return {"common": [{"text": "RULE-1", "priority": "high"}],
-                    "per_annotator": [{"annotator": "openai:a", "instructions": [{"text": "ONLY-A"}]}]}
-        raise ValueError(schema)
-
-    return respond
+    return responder(annotator(name), SUPERVISOR)
 
 
-class Models:
+class Models(ScriptedModels):
     """The injected chat models, one per spec name, with their recorded calls."""
 
     def __init__(self) -> None:
-        self.by_name: dict[str, ScriptedChatModel] = {}
-
-    def __call__(self, spec):
-        if spec.name not in self.by_name:
-            self.by_name[spec.name] = ScriptedChatModel(respond=respond_for(spec.name))
-        return self.by_name[spec.name]
-
-    def calls(self, name: str, schema: str | None = None) -> list[str]:
-        model = self.by_name.get(name)
-        return [p for p, s in (model.calls if model else []) if schema is None or s == schema]
+        super().__init__(respond_for)
 
 
 @pytest.fixture
@@ -324,7 +308,7 @@ def test_help_texts(capsys):
 # ---------------------------------------------------------------- resume (in-process; the kill -9 test is test_resume.py)
 
 
-def test_resume_after_a_failure_repeats_no_finished_node(tmp_path, pool, monkeypatch, capsys):
+def test_resume_after_a_failure_repeats_no_finished_node(tmp_path, pool, monkeypatch, capsys, caplog):
     """Round 2's annotator c crashes after a and b finished in the same super-step: exit 1; the resumed run
     re-runs only c's branch and what follows, and ends with the same files as an uninterrupted run."""
     import graph.nodes as nodes
@@ -362,6 +346,8 @@ def test_resume_after_a_failure_repeats_no_finished_node(tmp_path, pool, monkeyp
     assert main(["refine", "--resume", str(out)]) == 0
     err = capsys.readouterr().err
     assert "resuming at round 2" in err and "2 of 3 already done" in err
+    serde_warnings = [r.getMessage() for r in caplog.records if r.name.startswith("langgraph.checkpoint.serde")]
+    assert not serde_warnings  # the state's types are allowlisted: they come back as themselves, silently
     after = progress_lines(err)
     assert not set(before) & set(after)  # no finished node ran again
     assert after[0].startswith("round 2 · annotate · openai:c")
@@ -473,15 +459,8 @@ def test_run_file_is_copied_and_used(tmp_path, pool, models, capsys):
 
 
 def test_failed_supervisor_phases_are_written_as_failed(tmp_path, pool, monkeypatch):
-    class Failing(Models):
-        def __call__(self, spec):
-            if spec.name not in self.by_name:
-                base = respond_for(spec.name)
-                self.by_name[spec.name] = ScriptedChatModel(
-                    respond=lambda p, s: RuntimeError("no plan") if s == "Integration" else base(p, s))
-            return self.by_name[spec.name]
-
-    monkeypatch.setattr(agents.models, "chat_model", Failing())
+    failing = {**SUPERVISOR, "Integration": RuntimeError("no plan")}
+    monkeypatch.setattr(agents.models, "chat_model", ScriptedModels(lambda name: responder(annotator(name), failing)))
     out = tmp_path / "run"
     assert main(refine_args(out, pool)) == 0
     phase3 = json.loads((out / "round-1" / "phase3_integration.json").read_text())
@@ -489,3 +468,15 @@ def test_failed_supervisor_phases_are_written_as_failed(tmp_path, pool, monkeypa
     assert phase3["output"] is None and "no plan" in phase3["failed"]
     assert phase4["output"] is None and phase4["failed"].startswith("skipped")
     assert "RULE-1" not in (out / "round-2" / "configurations" / "openai_a.json").read_text()
+
+
+def test_an_unusable_supervisor_answer_is_kept_and_its_tokens_counted(tmp_path, pool, monkeypatch):
+    broken = {**SUPERVISOR, "Integration": "not json {"}
+    monkeypatch.setattr(agents.models, "chat_model", ScriptedModels(lambda name: responder(annotator(name), broken)))
+    out = tmp_path / "run"
+    assert main(refine_args(out, pool)) == 0
+    phase3 = json.loads((out / "round-1" / "phase3_integration.json").read_text())
+    assert phase3["output"] is None and phase3["failed"].startswith("after 2 attempts: unparseable answer")
+    assert phase3["failed_answer"] == "not json {"
+    usage = json.loads((out / "summary.json").read_text())["rounds"][0]["token_usage"]["supervisor"]
+    assert usage["calls"] == 1 + 1 + 2  # phase 1, one diagnosis, phase 3's two failed attempts; phase 4 skipped

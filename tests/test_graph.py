@@ -14,7 +14,7 @@ from graph.context import DizinerContext
 from graph.routing import select_configuration, stop_decision
 from state.graph_state import RoundRecord
 from state.models import TaskDefinition
-from tests.scripted import ScriptedChatModel
+from tests.scripted import ScriptedModels, document_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = TaskDefinition.from_yaml(ROOT / "tasks" / "crossner_politics.yaml")
@@ -32,10 +32,6 @@ SENTENCES = [
 DOCS = [{"id": f"d{i}", "text": t} for i, t in enumerate(SENTENCES)]
 
 
-def document_of(prompt: str) -> str:
-    return prompt.split("<document>\n", 1)[1].split("\n</document>", 1)[0]
-
-
 class Script:
     """Annotators tag capitalised words; how much they agree is set by the 'LEVEL-k' instruction they receive.
 
@@ -49,7 +45,7 @@ class Script:
         self.fail = set(fail)
         self.fail_docs = set(fail_docs)
         self.level = 0
-        self.models: dict[str, ScriptedChatModel] = {}
+        self.factory = ScriptedModels(lambda name: self.respond_for(name))
         self.per_annotator = per_annotator or {}
         self.supervisor_calls: list[str] = []
 
@@ -86,13 +82,8 @@ class Script:
 
         return respond
 
-    def factory(self, spec):
-        if spec.name not in self.models:
-            self.models[spec.name] = ScriptedChatModel(respond=self.respond_for(spec.name))
-        return self.models[spec.name]
-
     def prompts(self, name):
-        return [p for p, s in self.models[name].calls if s == "Entities"]
+        return self.factory.calls(name, "Entities")
 
 
 NAMES = ["openai:a", "openai:b", "openai:c"]

@@ -65,17 +65,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTUP_TIMEOUT_S = 90.0
 RUN_TIMEOUT_S = 1800.0  # one runs.wait call; the embedded models are slow on a busy 2-core machine
 
-# short settings for the embedded default models (the Studio form's values)
+# short settings for the embedded default models (the Studio form's values; models and caps are the defaults)
 STUDIO_CONTEXT = {"max_loops": 2, "pilot_size": 3}
-# The same two embedded annotators and supervisor, through a run file (the form's `run_config` field) that caps the
-# supervisor's answer: SmolLM2 as supervisor otherwise writes up to its default 4096 tokens per attempt, minutes
-# per phase on two busy cores. A truncated answer is a recorded phase failure, and the run goes on.
-STUDIO_RUN_FILE = """\
-annotators:
-  - {name: "embedded:smollm2"}
-  - {name: "embedded:gemma3-270m"}
-supervisor: {name: "embedded:smollm2", max_tokens: 1024}
-"""
 
 
 # ---------------------------------------------------------------- the server
@@ -271,41 +262,26 @@ async def _graph_is_served(url: str) -> None:
 # The same builder with scripted models (tests/scripted.py), served from a temporary langgraph.json: it runs the
 # same Studio session in seconds, so the API flow is checked even when the embedded models are slow or weak.
 _SCRIPTED_GRAPH = """
-import re
-
 from graph.builder import GRAPH_NAME, build_graph
-from tests.scripted import ScriptedChatModel
+from tests.scripted import ScriptedModels, document_of, responder, tag_words
 
-_models = {}
-
-
-def _respond_for(name):
-    def respond(prompt, schema):
-        if schema == "Entities":
-            doc = prompt.split("<document>\\n")[1].split("\\n</document>")[0]
-            words = re.findall(r"\\b[A-Z][A-Za-z]+\\b", doc)
-            kind = {"openai:a": "ALGORITHM", "openai:b": "MISC", "openai:c": "PRODUCT"}[name]
-            return {"entities": [{"text": w, "type": kind if i % 2 else "FIELD"} for i, w in enumerate(words)]}
-        if schema == "PatternAnalysis":
-            seen = "note seen" if "Reviewer note (Studio)" in prompt else "no note"
-            return {"summary": seen, "patterns": [{"name": "algorithm vs misc"}], "principles": [{"text": "prefer ALGORITHM"}]}
-        if schema == "AnnotatorDiagnosis":
-            return {"tendencies": ["over-labels"], "needs": [{"text": "label methods as ALGORITHM"}]}
-        if schema == "Integration":
-            return {"goal": "", "common": [{"text": "Methods are ALGORITHM."}], "per_annotator": []}
-        if schema == "Organization":
-            return {"common": [{"text": "Methods are ALGORITHM."}], "per_annotator": []}
-        raise ValueError(schema)
-    return respond
+KIND = {"openai:a": "ALGORITHM", "openai:b": "MISC", "openai:c": "PRODUCT"}
+ANSWERS = {
+    "PatternAnalysis": lambda prompt: {
+        "summary": "note seen" if "Reviewer note (Studio)" in prompt else "no note",
+        "patterns": [{"name": "algorithm vs misc"}], "principles": [{"text": "prefer ALGORITHM"}],
+    },
+    "AnnotatorDiagnosis": {"tendencies": ["over-labels"], "needs": [{"text": "label methods as ALGORITHM"}]},
+    "Integration": {"goal": "", "common": [{"text": "Methods are ALGORITHM."}], "per_annotator": []},
+    "Organization": {"common": [{"text": "Methods are ALGORITHM."}], "per_annotator": []},
+}
 
 
-def factory(spec):
-    if spec.name not in _models:
-        _models[spec.name] = ScriptedChatModel(respond=_respond_for(spec.name))
-    return _models[spec.name]
+def respond_for(name):
+    return responder(lambda prompt: tag_words(document_of(prompt), KIND[name], "FIELD", r"\\b[A-Z][A-Za-z]+\\b"), ANSWERS)
 
 
-graph = build_graph(factory).compile(name=GRAPH_NAME)
+graph = build_graph(ScriptedModels(respond_for)).compile(name=GRAPH_NAME)
 """
 SCRIPTED_CONTEXT = {"annotators": ["openai:a", "openai:b", "openai:c"], "supervisor": "openai:sup", **STUDIO_CONTEXT}
 
@@ -324,12 +300,9 @@ def scripted_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[De
 # ---------------------------------------------------------------- the Studio session
 
 
-def test_studio_session(dev_server: DevServer, tmp_path: Path) -> None:
+def test_studio_session(dev_server: DevServer) -> None:
     """The embedded default models (no keys, no network), short settings."""
-    run_file = tmp_path / "run.yaml"
-    run_file.write_text(STUDIO_RUN_FILE, encoding="utf-8")
-    context = {**STUDIO_CONTEXT, "run_config": str(run_file)}
-    asyncio.run(studio_session(dev_server, context, ["embedded:smollm2", "embedded:gemma3-270m"]))
+    asyncio.run(studio_session(dev_server, STUDIO_CONTEXT, ["embedded:smollm2", "embedded:gemma3-270m"]))
 
 
 def test_studio_session_scripted(scripted_dev_server: DevServer) -> None:
@@ -366,6 +339,7 @@ async def studio_session(server: DevServer, context: dict[str, Any], annotators:
         assert props[name].get("description"), f"context field {name!r} has no description"
     assert props["max_loops"].get("default") == 5
     assert props["supervisor"].get("default") == "embedded:smollm2"
+    assert props["annotators"].get("default") == ["embedded:smollm2", "embedded:gemma3-270m"]
     assert {"task", "documents"} <= set((schemas.get("input_schema") or {}).get("properties", {}))
     lap("schemas")
 

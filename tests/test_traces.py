@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any
 
@@ -55,28 +54,24 @@ def collector(monkeypatch: pytest.MonkeyPatch):
 # ---------------------------------------------------------------- (a) in process, scripted models
 
 
-def _respond_for(name: str):
-    def respond(prompt: str, schema: str) -> Any:
-        if schema == "Entities":
-            doc = prompt.split("<document>\n")[1].split("\n</document>")[0]
-            caps = re.findall(r"\b[A-Z][a-z]+\b", doc)
-            if name.endswith("c") and "Berlin" in doc:
-                return RuntimeError("scripted failure")
-            kind = "PERSON" if name.endswith("a") else "POLITICIAN"
-            return {"entities": [{"text": c, "type": kind if i % 2 else "LOCATION"} for i, c in enumerate(caps)]}
-        if schema == "PatternAnalysis":
-            return {"summary": "s", "patterns": [{"name": "p1"}], "principles": [{"text": "prefer POLITICIAN"}]}
-        if schema == "AnnotatorDiagnosis":
-            return {"tendencies": ["x"], "needs": [{"text": "n"}]}
-        if schema == "Integration":
-            return {"goal": "GOAL-2", "common": [{"text": "RULE-1"}],
-                    "per_annotator": [{"annotator": "openai:b", "instructions": [{"text": "ONLY-B"}]}]}
-        if schema == "Organization":
-            return {"common": [{"text": "RULE-1"}, {"text": "R2"}],
-                    "per_annotator": [{"annotator": "openai:b", "instructions": [{"text": "ONLY-B"}]}]}
-        raise ValueError(schema)
+ONLY_B = [{"annotator": "openai:b", "instructions": [{"text": "ONLY-B"}]}]
+SUPERVISOR_ANSWERS = {
+    "Integration": {"goal": "GOAL-2", "common": [{"text": "RULE-1"}], "per_annotator": ONLY_B},
+    "Organization": {"common": [{"text": "RULE-1"}, {"text": "R2"}], "per_annotator": ONLY_B},
+}
 
-    return respond
+
+def _respond_for(name: str):
+    """Capitalised words; a and the others disagree on types; c fails on documents with 'Berlin'."""
+    from tests.scripted import document_of, responder, tag_words
+
+    def annotate(prompt: str) -> Any:
+        doc = document_of(prompt)
+        if name.endswith("c") and "Berlin" in doc:
+            return RuntimeError("scripted failure")
+        return tag_words(doc, "PERSON" if name.endswith("a") else "POLITICIAN", "LOCATION")
+
+    return responder(annotate, SUPERVISOR_ANSWERS)
 
 
 def _run_scripted_graph(client, project: str) -> dict[str, Any]:
@@ -85,14 +80,9 @@ def _run_scripted_graph(client, project: str) -> dict[str, Any]:
     from graph.builder import GRAPH_NAME, build_graph
     from graph.context import DizinerContext
     from state.models import TaskDefinition
-    from tests.scripted import ScriptedChatModel
+    from tests.scripted import ScriptedModels
 
-    models: dict[str, ScriptedChatModel] = {}
-
-    def factory(spec):
-        if spec.name not in models:
-            models[spec.name] = ScriptedChatModel(respond=_respond_for(spec.name))
-        return models[spec.name]
+    factory = ScriptedModels(_respond_for)
 
     task = TaskDefinition.from_yaml("tasks/crossner_politics.yaml")
     docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(DOCS)]
