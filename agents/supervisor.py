@@ -43,7 +43,7 @@ class PhaseSchemas:
 
 
 GENEROUS = (12, 2000, 2)  # (items per list, characters per string, examples per instruction: 1-2, DIZINER.md 12.4)
-COMPACT = (2, 120, 1)
+COMPACT = (2, 60, 1)  # SmolLM2 fills every bound: the largest phase-4 answer must fit its 1024-token cap
 
 
 @lru_cache(maxsize=8)

@@ -139,6 +139,7 @@ async def main_async(args: argparse.Namespace) -> None:
             model=spec.model,
             messages=msgs,
             temperature=spec.temperature,
+            frequency_penalty=llm.frequency_penalty,  # the same sampling as our path (embedded default 0.5)
             max_completion_tokens=spec.max_tokens,
             response_format=fmt,
         )

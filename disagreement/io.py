@@ -148,17 +148,39 @@ def _explain_span_error(path: str, lineno: int, doc_id: str, name: str, spans: l
     raise InputError(f"document {doc_id!r}, annotator {name!r}: malformed spans", path=path, line=lineno)
 
 
-def result_to_json(result: DisagreementResult, token_scores: bool = False) -> dict[str, Any]:
-    """The `diziner analyze --json` object (issue 2, item 7); floats unrounded."""
+def agreement_figures(result: DisagreementResult) -> dict[str, Any]:
+    """The agreement figures of a round (weights, pairwise and mean agreement, elite, threshold), JSON-able and
+    unrounded: the `diziner analyze --json` keys and the fields of `state.models.AgreementStats`."""
     models = result.models
     f1 = result.pairwise_f1.tolist()
+    return {
+        "models": list(models),
+        "excluded": list(result.excluded),
+        "weights": result.weight_of(),
+        "pairwise_f1": {a: {b: f1[i][j] for j, b in enumerate(models) if j != i} for i, a in enumerate(models)},
+        "mean_pairwise_f1": result.mean_pairwise_f1,
+        "mean_agreement": {m: float(v) for m, v in zip(models, result.mean_agreement)},
+        "elite": list(result.elite),
+        "threshold": result.threshold,
+        "dropped_spans": {m: int(n) for m, n in zip(models, result.dropped_spans)},
+    }
+
+
+def hotspot_kinds(result: DisagreementResult) -> dict[str, int]:
+    """Hotspots per kind, keys sorted."""
+    kinds: dict[str, int] = {}
+    for h in result.hotspots:
+        kinds[h.kind] = kinds.get(h.kind, 0) + 1
+    return {k: kinds[k] for k in sorted(kinds)}
+
+
+def result_to_json(result: DisagreementResult, token_scores: bool = False) -> dict[str, Any]:
+    """The `diziner analyze --json` object (issue 2, item 7); floats unrounded."""
     batch = result.batch
     table = result.table
     by_doc: list[list[dict[str, int]]] = [[] for _ in batch.doc_ids]
-    kinds: dict[str, int] = {}
     for h in result.hotspots:
         by_doc[h.doc].append({"start": h.start, "end": h.end, "token_start": h.token_start, "token_end": h.token_end})
-        kinds[h.kind] = kinds.get(h.kind, 0) + 1
     documents = []
     scored = result.scored.tolist()
     offsets = table.token_offset.tolist()
@@ -181,16 +203,8 @@ def result_to_json(result: DisagreementResult, token_scores: bool = False) -> di
                 entry["token_scores"] = None
         documents.append(entry)
     return {
-        "models": list(models),
-        "excluded": list(result.excluded),
-        "weights": result.weight_of(),
-        "pairwise_f1": {a: {b: f1[i][j] for j, b in enumerate(models) if j != i} for i, a in enumerate(models)},
-        "mean_pairwise_f1": result.mean_pairwise_f1,
-        "mean_agreement": {m: float(v) for m, v in zip(models, result.mean_agreement)},
-        "elite": list(result.elite),
-        "threshold": result.threshold,
-        "dropped_spans": {m: int(n) for m, n in zip(models, result.dropped_spans)},
-        "hotspot_kinds": {k: kinds[k] for k in sorted(kinds)},
+        **agreement_figures(result),
+        "hotspot_kinds": hotspot_kinds(result),
         "scored_documents": int(result.scored.sum()),
         "params": {
             "percentile": result.params.percentile,

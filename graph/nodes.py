@@ -137,6 +137,7 @@ def analyze_disagreement(state: DizinerState, runtime: Runtime[DizinerContext]) 
     """The engine on this round's annotations; appends the round's figures and decides whether to stop."""
     from disagreement.engine import AnnotationBatch, EngineParams, analyze
     from disagreement.report import ReportParams, annotator_error_report, build_report, render_markdown
+    from disagreement.io import agreement_figures, hotspot_kinds
 
     ctx = get_context(runtime)
     started = time.perf_counter()
@@ -170,17 +171,7 @@ def analyze_disagreement(state: DizinerState, runtime: Runtime[DizinerContext]) 
         params = ReportParams(max_examples_per_type=ctx.max_report_examples)
         structured = build_report(result, params)
         compact = ReportParams(max_examples_per_type=min(2, ctx.max_report_examples))
-        stats = AgreementStats(
-            models=result.models,
-            excluded=result.excluded,
-            weights=result.weight_of(),
-            pairwise_f1={a: {b: float(result.pairwise_f1[i, j]) for j, b in enumerate(result.models) if j != i} for i, a in enumerate(result.models)},
-            mean_agreement={m: float(v) for m, v in zip(result.models, result.mean_agreement)},
-            mean_pairwise_f1=result.mean_pairwise_f1,
-            elite=result.elite,
-            threshold=result.threshold,
-            dropped_spans={m: int(n) for m, n in zip(result.models, result.dropped_spans)},
-        )
+        stats = AgreementStats(**agreement_figures(result))
         ids = result.batch.doc_ids
         hotspots = [
             Hotspot(
@@ -189,13 +180,10 @@ def analyze_disagreement(state: DizinerState, runtime: Runtime[DizinerContext]) 
             )
             for h in result.hotspots
         ]
-        kinds: dict[str, int] = {}
-        for h in hotspots:
-            kinds[h.kind] = kinds.get(h.kind, 0) + 1
         report = DisagreementReport(
             agreement=stats,
             hotspots=hotspots,
-            hotspot_kinds=kinds,
+            hotspot_kinds=hotspot_kinds(result),
             consensus={ids[i]: [Span(start=s, end=e, type=t) for s, e, t in spans] for i, spans in enumerate(result.consensus_spans)},
             markdown=render_markdown(structured),
             markdown_compact=render_markdown(build_report(result, compact)),

@@ -62,6 +62,17 @@ class ScriptedChatModel(BaseChatModel):
 
 CAPITALISED = r"\b[A-Z][a-z]+\b"
 
+POLITICS_SENTENCES = [
+    "Barack Obama met Angela Merkel in Berlin .",
+    "The Labour Party won the 1997 election .",
+    "Paris is the capital of France .",
+    "Nicolas Sarkozy led the UMP .",
+    "The Senate met in Washington .",
+    "Boris Johnson spoke in London .",
+    "The Green Party of Canada held a rally .",
+    "Helmut Kohl visited Moscow in 1990 .",
+]
+
 SUPERVISOR_BASICS: dict[str, Any] = {
     "PatternAnalysis": {"summary": "s", "patterns": [{"name": "p1"}], "principles": [{"text": "prefer POLITICIAN"}]},
     "AnnotatorDiagnosis": {"tendencies": ["x"], "needs": [{"text": "n"}]},

@@ -16,22 +16,13 @@ import agents.models
 from agents.models import safe_name
 from cli import rundir
 from cli.main import main
-from tests.scripted import ScriptedModels, document_of, responder, tag_words
+from tests.scripted import POLITICS_SENTENCES, ScriptedModels, document_of, responder, tag_words
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "tasks" / "crossner_politics.yaml"
 ANNOTATORS = ["openai:a", "openai:b", "openai:c"]
 
-POOL = [
-    "Barack Obama met Angela Merkel in Berlin .",
-    "The Labour Party won the 1997 election .",
-    "Paris is the capital of France .",
-    "Nicolas Sarkozy led the UMP .",
-    "The Senate met in Washington .",
-    "Boris Johnson spoke in London .",
-    "The Green Party of Canada held a rally .",
-    "Helmut Kohl visited Moscow in 1990 .",
-]
+POOL = POLITICS_SENTENCES
 
 # a small task with a label mapping, for annotate + evaluate on CoNLL
 SMALL_TASK = """\

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.trace_collector import Run, TraceCollector
+from tests.scripted import POLITICS_SENTENCES
 
 NODES = (
     "select_pilot",
@@ -32,15 +33,7 @@ SUPERVISOR_NODES = NODES[3:7]
 ANNOTATORS = ("openai:a", "openai:b", "openai:c")
 SUPERVISOR = "openai:sup"
 
-DOCS = [
-    "Barack Obama met Angela Merkel in Berlin .",
-    "The Labour Party won the 1997 election .",
-    "Paris is the capital of France .",
-    "Nicolas Sarkozy led the UMP .",
-    "The Senate met in Washington .",
-    "Boris Johnson spoke in London .",
-    "The Green Party of Canada held a rally .",
-]
+DOCS = POLITICS_SENTENCES[:7]
 
 
 @pytest.fixture
