@@ -61,35 +61,44 @@ def phase_schemas(max_items: int, max_chars: int, max_examples: int) -> PhaseSch
     closed = ConfigDict(extra="forbid")  # additionalProperties: false, so a grammar admits no invented keys
     names = Annotated[str, Field(max_length=80)]
     prio = (Priority, "medium")
-    example = create_model("InstructionExample", __config__=closed, text=text(), correct_annotation=text(), explanation=text(""))
-    approach = create_model("Approach", __config__=closed, approach=text(), rationale=text(""), annotators=items(names, "annotators holding it"))
-    pattern = create_model(
-        "Pattern", __config__=closed, name=text(), root_cause=text(""), entity_types=items(names), covered_by_guideline=(bool, False),
+
+    def model(title: str, /, **fields: Any) -> type[BaseModel]:
+        return create_model(title, __config__=closed, **fields)
+
+    example = model("InstructionExample", text=text(), correct_annotation=text(), explanation=text(""))
+    approach = model("Approach", approach=text(), rationale=text(""), annotators=items(names, "annotators holding it"))
+    pattern = model(
+        "Pattern", name=text(), root_cause=text(""), entity_types=items(names), covered_by_guideline=(bool, False),
         approaches=items(approach),
     )
-    principle = create_model("Principle", __config__=closed, text=text(), addresses=items(names, "pattern names"), priority=prio)
-    need = create_model("Need", __config__=closed, text=text(), priority=prio)
-    draft = create_model("DraftInstruction", __config__=closed, text=text(), priority=prio, examples=items(example, "1-2 worked examples", max_examples))
-    per_annotator = create_model("AnnotatorInstructions", __config__=closed, annotator=(names, ...), instructions=items(draft))
-    resolution = create_model("Resolution", __config__=closed, conflict=text(), chosen_approach=text(), rationale=text(""))
-    organized = create_model("OrganizedInstruction", __base__=draft, sub_instructions=items(draft))
+    principle = model("Principle", text=text(), addresses=items(names, "pattern names"), priority=prio)
+    need = model("Need", text=text(), priority=prio)
+    draft = model("DraftInstruction", text=text(), priority=prio, examples=items(example, "1-2 worked examples", max_examples))
+    per_annotator = model("AnnotatorInstructions", annotator=(names, ...), instructions=items(draft))
+    resolution = model("Resolution", conflict=text(), chosen_approach=text(), rationale=text(""))
+    organized = create_model("OrganizedInstruction", __base__=draft, sub_instructions=items(draft))  # closed, as its base
     return PhaseSchemas(
-        PatternAnalysis=create_model(
-            "PatternAnalysis", __config__=closed, summary=text(""), patterns=items(pattern), principles=items(principle), goal_questions=items(names)
+        PatternAnalysis=model(
+            "PatternAnalysis", summary=text(""), patterns=items(pattern), principles=items(principle),
+            goal_questions=items(names),
         ),
-        AnnotatorDiagnosis=create_model(
-            "AnnotatorDiagnosis", __config__=closed, tendencies=items(names), strengths=items(names), deviation=text(""), needs=items(need)
+        AnnotatorDiagnosis=model(
+            "AnnotatorDiagnosis", tendencies=items(names), strengths=items(names), deviation=text(""), needs=items(need)
         ),
-        Integration=create_model(
-            "Integration", __config__=closed,
-            goal=(Annotated[str, Field(max_length=max(max_chars, 4000))], Field(default="", description="the goal, sharpened where needed, else unchanged")),
+        Integration=model(
+            "Integration",
+            goal=(
+                Annotated[str, Field(max_length=max(max_chars, 4000))],
+                Field(default="", description="the whole goal with the sharpened sections rewritten, or empty"),
+            ),
             goal_changed=(bool, False),
             resolutions=items(resolution),
             common=items(draft),
             per_annotator=items(per_annotator),
         ),
-        Organization=create_model(
-            "Organization", __config__=closed, common=items(organized), per_annotator=items(per_annotator), retired=items(names, "dropped instructions and why")
+        Organization=model(
+            "Organization", common=items(organized), per_annotator=items(per_annotator),
+            retired=items(names, "dropped instructions and why"),
         ),
     )
 
