@@ -64,8 +64,9 @@ EMBEDDED_SUPERVISOR_MAX_TOKENS = 1024
 """Supervisor cap for the embedded models: their phase schemas are compact (two items, short strings)."""
 EMBEDDED_FREQUENCY_PENALTY = 0.5
 """The tiny models loop (the same entity again and again, or whitespace once the grammar closes a list) until
-their token cap; a frequency penalty lets them end the answer. Measured on five Broad Twitter test tweets with
-Gemma: two of five hit the cap without it, none with it."""
+their token cap; a frequency penalty lets them end the answer. Measured with Gemma on 20 Broad Twitter tweets and
+with both models on 3 short sentences, the annotator schema bounding entity count and text: 2 of 11 answers cut
+at the cap without a penalty, none of 26 at 0.5 (and half the output tokens and time of 0.3)."""
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_CONCURRENCY = {"openai": 4, "ollama": 4, "embedded": 1}
 DEFAULT_API_KEY_ENV = {"openai": "OPENAI_API_KEY"}

@@ -2,7 +2,7 @@
 
 The issue's bar: a round against the embedded server spends at most 10% more time than the
 same calls made directly with the openai client at the same concurrency. This script sends the
-same annotation-like requests (short NER prompts, a small JSON schema) two ways:
+same annotation-like requests (short NER prompts, the annotators' own output schema) two ways:
 
   a) ours:   chat_model(spec).with_structured_output(Entities, method="json_schema").ainvoke
   b) direct: openai.AsyncOpenAI(base_url=<same server>).chat.completions.create(
@@ -27,14 +27,15 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents import embedded  # noqa: E402
-from agents.models import chat_model, parse_model_spec, structured_output_method  # noqa: E402
+from agents.annotator import schema_for  # noqa: E402
+from agents.models import EMBEDDED_MAX_TOKENS, chat_model, parse_model_spec, structured_output_method  # noqa: E402
 
 SENTENCES = (
     "Angela Merkel met Emmanuel Macron in Paris on Tuesday.",
@@ -56,15 +57,7 @@ INSTRUCTIONS = (
 )
 
 
-class Entity(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str
-    type: Literal["PER", "ORG", "LOC"]
-
-
-class Entities(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    entities: list[Entity] = Field(max_length=4)
+TYPES = ("PER", "ORG", "LOC")
 
 
 def messages_for(spec: Any, sentence: str) -> list[dict[str, str]]:
@@ -73,7 +66,7 @@ def messages_for(spec: Any, sentence: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": f"Text: {sentence}"}]
 
 
-def response_format() -> dict[str, Any]:
+def response_format(Entities: type[BaseModel]) -> dict[str, Any]:  # noqa: N803 (a class)
     """The response_format LangChain sends for a Pydantic class (the openai SDK's strict form)."""
     try:
         from openai.lib._parsing._completions import type_to_response_format_param
@@ -120,6 +113,7 @@ async def main_async(args: argparse.Namespace) -> None:
     base_url = embedded.running_servers()[spec.model]
     startup = time.perf_counter() - started
 
+    Entities = schema_for(spec, TYPES)  # noqa: N806 (a class): what the annotator agents send
     ours = llm.with_structured_output(Entities, method=structured_output_method(spec))
     direct = openai.AsyncOpenAI(
         base_url=base_url,
@@ -128,7 +122,7 @@ async def main_async(args: argparse.Namespace) -> None:
         max_retries=spec.max_retries,
         http_client=httpx.AsyncClient(trust_env=False, timeout=spec.timeout),
     )
-    fmt = response_format()
+    fmt = response_format(Entities)
 
     async def call_ours(msgs: list[dict[str, str]]) -> str:
         result = await ours.ainvoke(msgs)
@@ -190,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="embedded:smollm2", help="an embedded model spec (default: %(default)s)")
     parser.add_argument("--calls", type=int, default=12, help="requests per round (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="a,b,b,a blocks (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=160, help="output cap per call (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=EMBEDDED_MAX_TOKENS, help="output cap per call (default: the embedded annotators', %(default)s)")
     parser.add_argument("--concurrency", type=int, default=None, help="override the spec's concurrency (default: the spec's)")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeats < 1:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
 
 from agents import embedded
+from agents.annotator import EMBEDDED_MAX_ENTITIES, schema_for
 from agents.models import chat_model, parse_model_spec, structured_output_method
 
 pytestmark = pytest.mark.integration
@@ -29,17 +29,7 @@ ALIASES = tuple(embedded.EMBEDDED_MODELS)
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class Entity(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str  # no maxLength: a string cut by the grammar sent Gemma into a whitespace loop
-    type: Literal["PER", "ORG", "LOC"]
-
-
-class Entities(BaseModel):
-    """Bounded on purpose: with an unbounded list a tiny model repeats itself up to max_tokens."""
-
-    model_config = ConfigDict(extra="forbid")
-    entities: list[Entity] = Field(max_length=3)
+TYPES = ("PER", "ORG", "LOC")
 
 
 INSTRUCTIONS = (
@@ -109,11 +99,14 @@ def test_one_server_per_model_from_threads_and_asyncio() -> None:
 
 @pytest.mark.parametrize("alias", ALIASES)
 def test_structured_output_validates(alias: str) -> None:
-    spec = parse_model_spec(f"embedded:{alias}", max_tokens=256)
-    model = chat_model(spec).with_structured_output(Entities, method=structured_output_method(spec))
-    result = model.invoke(messages(alias, SENTENCES[0]))
-    assert isinstance(result, Entities)
-    assert len(result.entities) <= 3
+    """The product's annotator schema for the embedded models, with their default caps: a valid answer."""
+    spec = parse_model_spec(f"embedded:{alias}")
+    schema = schema_for(spec, TYPES)
+    model = chat_model(spec).with_structured_output(schema, method=structured_output_method(spec))
+    for sentence in SENTENCES:
+        result = model.invoke(messages(alias, sentence))
+        assert isinstance(result, schema)
+        assert len(result.entities) <= EMBEDDED_MAX_ENTITIES and all(e.type.value in TYPES for e in result.entities)
 
 
 @pytest.mark.parametrize("alias", ALIASES)
