@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 from corpus.io import atomic_write
 from state.errors import InputError
+from state.graph_state import GOAL_REFUSED
 
 RUN_FILE = "run.json"
 RUN_CONFIG_COPY = "run-config.yaml"
@@ -288,6 +289,8 @@ def phase_documents(state: Any, round_: int) -> dict[str, dict[str, Any]]:
         docs[name] = {"round": round_, "phase": phase, "node": node, "output": outputs[node], "failed": failed}
         if answer:
             docs[name]["failed_answer"] = answer
+        if node == "integrate_guidelines" and GOAL_REFUSED in sup.failures:
+            docs[name]["goal_refused"] = sup.failures[GOAL_REFUSED]
     return docs
 
 

@@ -22,7 +22,7 @@ from agents.models import ModelSpec, load_run_config, parse_model_spec, supervis
 from graph.context import DizinerContext, get_context
 from graph.routing import select_configuration, stop_decision
 from state.errors import InputError
-from state.graph_state import DizinerState, Guideline, RoundRecord, Selection, SupervisorRound, TokenUsage
+from state.graph_state import GOAL_REFUSED, DizinerState, Guideline, RoundRecord, Selection, SupervisorRound, TokenUsage
 from state.models import AgreementStats, AnnotatorOutput, DisagreementReport, Document, Hotspot, Span, TaskConfiguration
 
 ModelFactory = Callable[[ModelSpec], BaseChatModel]
@@ -136,8 +136,8 @@ async def annotate(task: AnnotateTask, runtime: Runtime[DizinerContext], *, mode
 def analyze_disagreement(state: DizinerState, runtime: Runtime[DizinerContext]) -> dict[str, Any]:
     """The engine on this round's annotations; appends the round's figures and decides whether to stop."""
     from disagreement.engine import AnnotationBatch, EngineParams, analyze
-    from disagreement.report import ReportParams, annotator_error_report, build_report, render_markdown
     from disagreement.io import agreement_figures, hotspot_kinds
+    from disagreement.report import ReportParams, annotator_error_report, build_report, render_markdown
 
     ctx = get_context(runtime)
     started = time.perf_counter()
@@ -391,7 +391,7 @@ async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerConte
             record.organization = out.model_dump(mode="json")
             new_goal, refused = sup.sharpened_goal(goal, record.integration)
             if refused:
-                record.failures["integrate_guidelines:goal"] = refused
+                record.failures[GOAL_REFUSED] = refused
             capped, cut = enforce_caps(
                 sup.organization_to_guideline(out, new_goal), state.annotators, ctx.max_common_instructions, ctx.max_model_instructions
             )

@@ -81,6 +81,10 @@ class Selection(BaseModel):
     mean_pairwise_f1: float
 
 
+GOAL_REFUSED = "integrate_guidelines:goal"
+"""`SupervisorRound.failures` key: phase 3 proposed a sharpened goal that was refused (`agents.supervisor.sharpened_goal`)."""
+
+
 class SupervisorRound(BaseModel):
     """The four phases' outputs of one supervisor round (JSON-able dicts, one schema per phase)."""
 

@@ -16,6 +16,7 @@ import agents.models
 from agents.models import safe_name
 from cli import rundir
 from cli.main import main
+from state.models import TaskDefinition
 from tests.scripted import POLITICS_SENTENCES, ScriptedModels, document_of, responder, tag_words
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -471,3 +472,17 @@ def test_an_unusable_supervisor_answer_is_kept_and_its_tokens_counted(tmp_path, 
     assert phase3["failed_answer"] == "not json {"
     usage = json.loads((out / "summary.json").read_text())["rounds"][0]["token_usage"]["supervisor"]
     assert usage["calls"] == 1 + 1 + 2  # phase 1, one diagnosis, phase 3's two failed attempts; phase 4 skipped
+
+
+def test_a_sharpened_goal_that_drops_the_goal_is_refused_and_reported(tmp_path, pool, monkeypatch):
+    shrunk = {**SUPERVISOR, "Integration": {**SUPERVISOR["Integration"], "goal": "GOAL-2", "goal_changed": True}}
+    models = ScriptedModels(lambda name: responder(annotator(name), shrunk))
+    monkeypatch.setattr(agents.models, "chat_model", models)
+    out = tmp_path / "run"
+    assert main(refine_args(out, pool)) == 0
+    phase3 = json.loads((out / "round-1" / "phase3_integration.json").read_text())
+    assert phase3["failed"] is None and phase3["goal_refused"].startswith("sharpened goal refused")
+    second_round = models.calls("openai:b", "Entities")[3:]
+    assert second_round and all("GOAL-2" not in p and "RULE-1" in p for p in second_round)
+    original = TaskDefinition.from_yaml(TASK).final_task_goal.strip()
+    assert all(original in p for p in second_round)  # the task's own goal is still in force, whole
