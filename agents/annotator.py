@@ -17,14 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agents.guideline import render_instructions, render_types
 from agents.models import ModelSpec
-from agents.structured import invoke_structured
+from agents.structured import fits_context, invoke_structured
 from corpus.tokens import ground
 from prompts import fence, render
 from state.graph_state import TokenUsage
 from state.models import AnnotatorOutput, Document, Span, TaskConfiguration
 
 log = logging.getLogger(__name__)
-CHARS_PER_TOKEN = 3.0  # conservative estimate for prompt budgeting
 
 
 EMBEDDED_MAX_ENTITIES = 8  # the tiny models repeat entities until their token cap unless the grammar stops them
@@ -85,13 +84,9 @@ def annotator_prompt(configuration: TaskConfiguration, text: str, round_: int, a
 def fit_annotator_prompt(spec: ModelSpec, configuration: TaskConfiguration, text: str, round_: int) -> tuple[str, bool]:
     """The prompt, trimmed of the type examples (never the instructions) when it would overflow the context."""
     prompt = annotator_prompt(configuration, text, round_, spec.name)
-    window = spec.context_window
-    if window is None:
+    if fits_context(spec, prompt):
         return prompt, False
-    budget = window - (spec.max_tokens or 0)
-    if len(prompt) / CHARS_PER_TOKEN <= budget:
-        return prompt, False
-    log.warning("prompt for %s exceeds its context (%d tokens): type examples left out", spec.name, window)
+    log.warning("prompt for %s exceeds its context (%d tokens): type examples left out", spec.name, spec.context_window)
     return annotator_prompt(configuration, text, round_, spec.name, with_examples=False), True
 
 

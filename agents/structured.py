@@ -1,4 +1,5 @@
-"""One structured-output call with retries, shared by the annotator agents and the supervisor phases."""
+"""One structured-output call with retries, and the prompt budget, shared by the annotator agents and the
+supervisor phases."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ from agents.models import ModelSpec, structured_output_method
 from state.graph_state import TokenUsage
 
 _ANSWER_ERRORS = ("LengthFinishReasonError", "ContentFilterFinishReasonError")
+CHARS_PER_TOKEN = 3.0  # conservative estimate for prompt budgeting
+
+
+def fits_context(spec: ModelSpec, prompt: str) -> bool:
+    """Whether `prompt` plus the output cap fits the model's context (always, when the context is unknown)."""
+    if spec.context_window is None:
+        return True
+    return len(prompt) / CHARS_PER_TOKEN <= spec.context_window - (spec.max_tokens or 0)
 
 
 @dataclass

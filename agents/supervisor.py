@@ -16,10 +16,9 @@ from typing import Annotated, Any, Callable, Literal
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from agents.annotator import CHARS_PER_TOKEN
 from agents.guideline import render_instructions, render_types
 from agents.models import ModelSpec
-from agents.structured import invoke_structured
+from agents.structured import fits_context, invoke_structured
 from prompts import render
 from state.graph_state import Guideline, TokenUsage
 from state.models import EntityType, Instruction, InstructionExample
@@ -136,16 +135,12 @@ def as_json(obj: Any) -> str:
 def fit(build: Callable[[int], str], spec: ModelSpec, levels: tuple[int, ...] = (10, 5, 2, 1, 0)) -> str:
     """Render with fewer report examples until the prompt fits the model's context (never dropping instructions)."""
     prompt = build(levels[0])
-    window = spec.context_window
-    if window is None:
-        return prompt
-    budget = window - (spec.max_tokens or 0)
     for level in levels[1:]:
-        if len(prompt) / CHARS_PER_TOKEN <= budget:
+        if fits_context(spec, prompt):
             return prompt
         log.warning("supervisor prompt exceeds the context of %s: report examples cut to %d per type", spec.name, level)
         prompt = build(level)
-    if len(prompt) / CHARS_PER_TOKEN > budget:
+    if not fits_context(spec, prompt):
         log.warning("supervisor prompt still exceeds the context of %s after trimming the report", spec.name)
     return prompt
 
