@@ -82,7 +82,7 @@ def load_configuration(run_dir: Path, info: dict[str, Any], round_: int | None, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from corpus.io import Document as CorpusDocument
+    from corpus.io import CorpusDocument
     from corpus.io import read_documents, write_jsonl
     from state.models import TaskDefinition
 

@@ -1,6 +1,6 @@
 """Corpus I/O (issue 2, item 3): JSONL documents and CoNLL-style two-column files.
 
-Documents are `Document` dataclasses (plain stdlib; no Pydantic, LangGraph or LangChain here, so that `diziner
+Documents are `CorpusDocument` dataclasses (plain stdlib; no Pydantic, LangGraph or LangChain here, so that `diziner
 evaluate` and `diziner analyze` stay cheap to start):
 
 - ``id``: non-empty string. CoNLL sentences get ``<file name without extension>-<n>``, n counting the non-empty
@@ -13,22 +13,34 @@ evaluate` and `diziner analyze` stay cheap to start):
 - ``extra``: every other top-level JSONL key, in input order, written back by `write_jsonl`.
 - ``line``: 1-based line where the document starts in its file (for messages; not compared, not written).
 
-Public entry points: `read_documents`, `write_jsonl`, `write_conll`. Every bad input raises
-`state.errors.InputError` naming the file, the line and what is wrong.
+Public entry points: `read_documents`, `write_jsonl`, `write_conll`; `iter_jsonl` is the one JSONL line reader (also
+used by `diziner analyze`), `is_int` the one integer check. Every bad input raises `state.errors.InputError` naming the
+file, the line and what is wrong.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from state.errors import InputError
 
-__all__ = ["Document", "ReadStats", "read_documents", "write_jsonl", "write_conll", "conll_tags"]
+__all__ = [
+    "CorpusDocument",
+    "ReadStats",
+    "read_documents",
+    "iter_jsonl",
+    "is_int",
+    "write_jsonl",
+    "write_conll",
+    "conll_tags",
+]
 
 Span = tuple[int, int, str]
 
@@ -36,7 +48,7 @@ _DOCSTART = "-DOCSTART-"
 
 
 @dataclass(slots=True)
-class Document:
+class CorpusDocument:
     """One document (item 3). See the module docstring for the meaning of each field."""
 
     id: str
@@ -85,75 +97,103 @@ class ReadStats:
 # --------------------------------------------------------------------------------------------------- reading
 
 
-def _read_text(path: str | os.PathLike) -> str:
-    """Read a whole file as UTF-8 (a leading BOM is dropped); missing, unreadable or non-UTF-8 → InputError."""
+def is_int(value: object) -> bool:
+    """An integer (Python or numpy); bool is not one, nor is a float such as 3.0."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of a UTF-8 file, split on "\\n" only (not str.splitlines, which also splits on
+    U+2028 etc.), without the line break and one CR before it; a leading BOM is dropped. A missing or unreadable file,
+    or a line that is not UTF-8, is an InputError naming the file (and the line)."""
+    p = str(path)
     try:
-        data = Path(path).read_bytes()
+        fh = open(path, "rb")
     except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror or exc}", path=str(path)) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise InputError(f"not valid UTF-8 (byte {exc.start})", path=str(path), line=line) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text
+        raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
+    with fh:
+        offset = 0
+        try:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(f"not valid UTF-8 (byte {offset + exc.start})", path=p, line=lineno) from None
+                offset += len(raw)
+                if line.endswith("\n"):
+                    line = line[:-2] if line.endswith("\r\n") else line[:-1]
+                elif line.endswith("\r"):
+                    line = line[:-1]
+                if lineno == 1 and line.startswith("\ufeff"):
+                    line = line[1:]
+                yield lineno, line
+        except OSError as exc:
+            raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
 
 
-def _split_lines(text: str) -> list[str]:
-    """Lines split on "\\n" only (not str.splitlines, which also splits on U+2028 etc.); a CR before it is dropped."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if "\r" in text:
-        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-    return lines
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
-def read_documents(path: str | os.PathLike) -> tuple[list[Document], ReadStats]:
+def _objects(lines: Iterable[tuple[int, str]], path: str) -> Iterator[tuple[int, dict]]:
+    """The JSON object of every non-blank line (blank: empty or whitespace-only), with its line number."""
+    loads = json.loads
+    for lineno, line in lines:
+        if not line or line.isspace():
+            continue
+        try:
+            obj = loads(line)
+        except RecursionError:
+            raise InputError("invalid JSON: nested too deeply to read", path=path, line=lineno) from None
+        except ValueError as exc:
+            detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise InputError(f"invalid JSON: the line is not valid JSON ({detail})", path=path, line=lineno) from None
+        if type(obj) is not dict:
+            kind = "true or false" if isinstance(obj, bool) else _JSON_KINDS.get(type(obj), "null")
+            raise InputError(f"expected a JSON object, got {kind}", path=path, line=lineno)
+        yield lineno, obj
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file; every fault is an InputError "FILE:N: ...".
+
+    Blank lines are skipped (they still count for line numbers), a UTF-8 BOM is accepted, and a line that is not
+    UTF-8, not JSON, nested too deeply for the parser or not a JSON object is an error naming its line.
+    """
+    return _objects(_lines(path), str(path))
+
+
+def read_documents(path: str | os.PathLike) -> tuple[list[CorpusDocument], ReadStats]:
     """Read a JSONL or CoNLL file, the format detected from content (item 3).
 
     The first non-blank line starting with ``{`` (after leading whitespace) means JSONL, anything else CoNLL, whatever
     the file's extension. An empty file is CoNLL with no documents. Duplicate ids are an error.
     """
-    text = _read_text(path)
-    lines = _split_lines(text)
+    lines = _lines(path)
+    head: list[tuple[int, str]] = []
     fmt = "conll"
-    for ln in lines:
-        s = ln.strip()
+    for item in lines:
+        head.append(item)
+        s = item[1].strip()
         if s:
             fmt = "jsonl" if s.startswith("{") else "conll"
             break
+    stream = itertools.chain(head, lines)
     if fmt == "jsonl":
-        return _parse_jsonl(lines, str(path)), ReadStats(format="jsonl")
-    return _parse_conll(lines, str(path))
+        return _parse_jsonl(_objects(stream, str(path)), str(path)), ReadStats(format="jsonl")
+    return _parse_conll(stream, str(path))
 
 
-def _is_int(v: object) -> bool:
-    return type(v) is int  # excludes bool (a subclass of int) and floats such as 3.0
+def _parse_jsonl(objects: Iterable[tuple[int, dict]], path: str) -> list[CorpusDocument]:
+    """JSONL (item 3): the documents of `iter_jsonl`'s objects (one per non-blank line).
 
-
-def _parse_jsonl(lines: list[str], path: str) -> list[Document]:
-    """JSONL (item 3): one object per line; blank (empty or whitespace-only) lines are allowed and skipped.
-
-    Checks: the line is a JSON object; ``id`` a non-empty string, unique in the file; ``text`` a string;
+    Checks: ``id`` a non-empty string, unique in the file; ``text`` a string;
     ``entities`` (optional, ``null`` allowed = unlabelled) a list of objects with int ``start``/``end`` (not bool),
     ``0 <= start < end <= len(text)`` and a non-empty string ``type``. Other keys of an entity object are dropped;
     other top-level keys are kept in ``extra``.
     """
-    docs: list[Document] = []
+    docs: list[CorpusDocument] = []
     seen: dict[str, int] = {}
-    loads = json.loads
-    for lineno, raw in enumerate(lines, 1):
-        if not raw or raw.isspace():
-            continue
-        try:
-            obj = loads(raw)
-        except ValueError as exc:
-            raise InputError(f"invalid JSON: {exc}", path=path, line=lineno) from None
-        if not isinstance(obj, dict):
-            raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
+    for lineno, obj in objects:
         if "id" not in obj:
             raise InputError('missing key "id"', path=path, line=lineno)
         doc_id = obj["id"]
@@ -190,12 +230,14 @@ def _parse_jsonl(lines: list[str], path: str) -> list[Document]:
                     if key not in ent:
                         raise InputError(f'{where}: missing key "{key}"', path=path, line=lineno)
                 start, end, etype = ent["start"], ent["end"], ent["type"]
-                if not _is_int(start):
+                if not is_int(start):
                     raise InputError(f'{where}: "start" must be an integer, got {start!r}', path=path, line=lineno)
-                if not _is_int(end):
+                if not is_int(end):
                     raise InputError(f'{where}: "end" must be an integer, got {end!r}', path=path, line=lineno)
                 if not isinstance(etype, str) or not etype:
-                    raise InputError(f'{where}: "type" must be a non-empty string, got {etype!r}', path=path, line=lineno)
+                    raise InputError(
+                        f'{where}: "type" must be a non-empty string, got {etype!r}', path=path, line=lineno
+                    )
                 if not 0 <= start < end <= n:
                     raise InputError(
                         f"{where}: offsets [{start}, {end}) not within the text (need 0 <= start < end <= {n})",
@@ -208,11 +250,11 @@ def _parse_jsonl(lines: list[str], path: str) -> list[Document]:
         tok = extra.get("tokens")
         if isinstance(tok, list) and all(isinstance(t, str) for t in tok) and " ".join(tok) == text:
             tokens = extra.pop("tokens")
-        docs.append(Document(doc_id, text, entities, tokens, extra, lineno))
+        docs.append(CorpusDocument(doc_id, text, entities, tokens, extra, lineno))
     return docs
 
 
-def _parse_conll(lines: list[str], path: str) -> tuple[list[Document], ReadStats]:
+def _parse_conll(lines: Iterable[tuple[int, str]], path: str) -> tuple[list[CorpusDocument], ReadStats]:
     """CoNLL (item 3), one ``token<TAB>tag`` per line.
 
     Each line is split at its last tab, or, without a tab, at its last run of spaces; the token is kept verbatim
@@ -223,7 +265,7 @@ def _parse_conll(lines: list[str], path: str) -> tuple[list[Document], ReadStats
     """
     stem = Path(path).stem
     stats = ReadStats(format="conll")
-    docs: list[Document] = []
+    docs: list[CorpusDocument] = []
     tokens: list[str] = []
     entities: list[Span] = []
     first_line = 0
@@ -245,10 +287,10 @@ def _parse_conll(lines: list[str], path: str) -> tuple[list[Document], ReadStats
             close(pos - 1)
         cur_type = None
         if tokens:
-            docs.append(Document(f"{stem}-{len(docs) + 1}", " ".join(tokens), entities, tokens, {}, first_line))
+            docs.append(CorpusDocument(f"{stem}-{len(docs) + 1}", " ".join(tokens), entities, tokens, {}, first_line))
         tokens, entities, pos = [], [], 0
 
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in lines:
         if not line or line.isspace():
             flush()
             continue
@@ -335,7 +377,7 @@ def atomic_write(path: str | os.PathLike, content: str) -> None:
         raise
 
 
-def write_jsonl(path: str | os.PathLike, docs: Iterable[Document]) -> None:
+def write_jsonl(path: str | os.PathLike, docs: Iterable[CorpusDocument]) -> None:
     """Write documents as JSONL (item 3): keys ``id``, ``text``, ``entities`` (omitted when None), ``tokens`` (when
     present), then the kept extra keys in their input order; ``ensure_ascii=False``; one line per document."""
     dumps = json.dumps
@@ -354,7 +396,7 @@ def write_jsonl(path: str | os.PathLike, docs: Iterable[Document]) -> None:
     atomic_write(path, "".join(out))
 
 
-def conll_tags(doc: Document, *, path: str | None = None) -> list[str]:
+def conll_tags(doc: CorpusDocument, *, path: str | None = None) -> list[str]:
     """IOB2 tags of ``doc.tokens`` derived from ``doc.entities`` (item 3, writing side).
 
     A span maps to the tokens from the one starting at its start to the one ending at its end; a span that does not
@@ -402,7 +444,7 @@ def conll_tags(doc: Document, *, path: str | None = None) -> list[str]:
     return tags
 
 
-def write_conll(path: str | os.PathLike, docs: Iterable[Document]) -> None:
+def write_conll(path: str | os.PathLike, docs: Iterable[CorpusDocument]) -> None:
     """Write documents as CoNLL (item 3): ``token<TAB>tag`` lines, one blank line after each sentence.
 
     Documents must carry ``tokens``; tags are derived from the entity spans (`conll_tags`). A document with no tokens

@@ -59,6 +59,7 @@ from typing import Sequence
 
 import numpy as np
 
+from corpus.io import is_int
 from state.errors import InputError
 
 __all__ = [
@@ -87,12 +88,8 @@ _CHUNK_ENTRIES = 1 << 22  # float64 cells per temporary block (32 MB)
 _BLAS_BLOCK = 1 << 18  # multiply-adds per matrix product call (OpenBLAS's single-thread threshold, 65536 x 4)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_seed(seed: object) -> int:
-    if not _is_int(seed) or int(seed) < 0:
+    if not is_int(seed) or int(seed) < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
 
@@ -117,9 +114,9 @@ def tfidf_matrix(
     """
     if isinstance(texts, str):
         raise InputError("texts must be a sequence of strings, not a single string")
-    if not _is_int(max_features) or max_features < 1:
+    if not is_int(max_features) or max_features < 1:
         raise InputError(f"max_features must be a positive integer, got {max_features!r}")
-    if dims is not None and (not _is_int(dims) or dims < 1):
+    if dims is not None and (not is_int(dims) or dims < 1):
         raise InputError(f"dims must be a positive integer or None, got {dims!r}")
     seed = _check_seed(seed)
     texts = list(texts)
@@ -294,11 +291,11 @@ def kmeans(
     if x.ndim != 2 or x.shape[0] == 0:
         raise InputError(f"kmeans needs a non-empty 2-D array, got shape {x.shape}")
     n = x.shape[0]
-    if not _is_int(k) or not 1 <= k <= n:
+    if not is_int(k) or not 1 <= k <= n:
         raise InputError(f"k must be an integer between 1 and the number of rows ({n}), got {k!r}")
-    if not _is_int(n_init) or n_init < 1:
+    if not is_int(n_init) or n_init < 1:
         raise InputError(f"n_init must be a positive integer, got {n_init!r}")
-    if not _is_int(max_iter) or max_iter < 1:
+    if not is_int(max_iter) or max_iter < 1:
         raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not np.all(np.isfinite(x)):
         raise InputError("kmeans input contains NaN or infinite values")
@@ -372,9 +369,9 @@ def choose_diverse(
         raise InputError(f"candidate indices must lie in [0, {x.shape[0]}), got {int(cand[0])}..{int(cand[-1])}")
     if np.any(cand[1:] == cand[:-1]):
         raise InputError("candidates contain duplicate indices")
-    if not _is_int(k) or not 1 <= k <= cand.size:
+    if not is_int(k) or not 1 <= k <= cand.size:
         raise InputError(f"k must be an integer between 1 and the number of candidates ({cand.size}), got {k!r}")
-    if not _is_int(max_fit_rows) or max_fit_rows < k:
+    if not is_int(max_fit_rows) or max_fit_rows < k:
         raise InputError(f"max_fit_rows must be an integer of at least k ({k}), got {max_fit_rows!r}")
     seed = _check_seed(seed)
     k = int(k)
@@ -429,7 +426,7 @@ class PilotSampler:
             raise InputError("the pool must be a sequence of document texts, not a single string")
         if len(texts) == 0:
             raise InputError("the document pool is empty: pilot sets need at least one document")
-        if not _is_int(pilot_size) or pilot_size < 1:
+        if not is_int(pilot_size) or pilot_size < 1:
             raise InputError(f"pilot_size must be a positive integer, got {pilot_size!r}")
         self.pool_size = len(texts)
         self.pilot_size = int(pilot_size)
@@ -444,7 +441,7 @@ class PilotSampler:
         `round_index` is the caller's round number (count from 0 or 1, but consistently); it only mixes into the
         k-means seed as `seed + 1000 * round_index`.
         """
-        if not _is_int(round_index) or round_index < 0:
+        if not is_int(round_index) or round_index < 0:
             raise InputError(f"round_index must be a non-negative integer, got {round_index!r}")
         n, p = self.pool_size, self.pilot_size
         last_used = np.full(n, -1, dtype=np.int64)
@@ -455,7 +452,7 @@ class PilotSampler:
                 raise InputError(f"history[{r}] must be a list of pool indices")
             idx = list(selection)
             for v in idx:
-                if not _is_int(v) or not 0 <= v < n:
+                if not is_int(v) or not 0 <= v < n:
                     raise InputError(f"history[{r}] holds {v!r}, not a pool index in [0, {n})")
             if idx:
                 last_used[np.asarray(idx, dtype=np.int64)] = r

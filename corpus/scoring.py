@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Iterable, Sequence
 
-from corpus.io import Document
+from corpus.io import CorpusDocument
 from state.errors import InputError
 
 __all__ = ["score", "prf", "align_by_position"]
@@ -23,13 +23,13 @@ def prf(tp: int, fp: int, fn: int) -> dict:
     return {"precision": p, "recall": r, "f1": f, "tp": tp, "fp": fp, "fn": fn}
 
 
-def _where(path: str | None, doc: Document) -> dict:
+def _where(path: str | None, doc: CorpusDocument) -> dict:
     return {"path": path, "line": doc.line if path is not None else None}
 
 
 def score(
-    gold: Iterable[Document],
-    pred: Iterable[Document],
+    gold: Iterable[CorpusDocument],
+    pred: Iterable[CorpusDocument],
     *,
     gold_path: str | None = None,
     pred_path: str | None = None,
@@ -84,12 +84,12 @@ def score(
 
 
 def align_by_position(
-    gold: Sequence[Document],
-    pred: Sequence[Document],
+    gold: Sequence[CorpusDocument],
+    pred: Sequence[CorpusDocument],
     *,
     gold_path: str | None = None,
     pred_path: str | None = None,
-) -> list[Document]:
+) -> list[CorpusDocument]:
     """Match two CoNLL files by position (item 7, `diziner evaluate` when both inputs are CoNLL).
 
     Both must hold the same number of sentences with identical token sequences; otherwise InputError naming the

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from corpus.io import Document, ReadStats, conll_tags, read_documents, write_conll, write_jsonl
+from corpus.io import (
+    CorpusDocument,
+    ReadStats,
+    conll_tags,
+    is_int,
+    iter_jsonl,
+    read_documents,
+    write_conll,
+    write_jsonl,
+)
 from state.errors import InputError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ner"
@@ -140,9 +149,9 @@ def test_jsonl_duplicate_ids(tmp_path):
 
 def test_jsonl_write_is_deterministic_and_keeps_extras(tmp_path):
     docs = [
-        Document("x1", "Zoë in Genève", [(0, 3, "PER"), (7, 13, "LOC")], None, {"src": "wiki", "n": 1}),
-        Document("x2", "unlabelled", None, None, {}),
-        Document("x3", "a b", [], ["a", "b"], {}),
+        CorpusDocument("x1", "Zoë in Genève", [(0, 3, "PER"), (7, 13, "LOC")], None, {"src": "wiki", "n": 1}),
+        CorpusDocument("x2", "unlabelled", None, None, {}),
+        CorpusDocument("x3", "a b", [], ["a", "b"], {}),
     ]
     out = tmp_path / "out.jsonl"
     write_jsonl(out, docs)
@@ -301,6 +310,51 @@ def test_bom_is_ignored(tmp_path):
     assert read_documents(p)[1].format == "jsonl"
 
 
+def test_iter_jsonl_lines_blank_lines_bom_and_crlf(tmp_path):
+    a, b = json.dumps({"id": "a", "n": [1]}), json.dumps({"id": "b"})
+    p = write(tmp_path, "x.jsonl", "\ufeff" + a + "\r\n\n  \t\r\n" + b)
+    assert list(iter_jsonl(p)) == [(1, {"id": "a", "n": [1]}), (4, {"id": "b"})]
+    assert list(iter_jsonl(write(tmp_path, "empty.jsonl", ""))) == []
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ("{not json", "invalid JSON: the line is not valid JSON (Expecting property name"),
+        ("[1, 2]", "expected a JSON object, got an array"),
+        ('"text"', "expected a JSON object, got a string"),
+        ("3.5", "expected a JSON object, got a number"),
+        ("null", "expected a JSON object, got null"),
+        ("true", "expected a JSON object, got true or false"),
+        ("[" * 100_000 + "]" * 100_000, "invalid JSON: nested too deeply"),
+        ('{"n": ' + "9" * 5000 + "}", "invalid JSON"),
+    ],
+)
+def test_iter_jsonl_errors_name_file_and_line(tmp_path, line, fragment):
+    ok = json.dumps({"id": "a", "text": "x"})
+    p = write(tmp_path, "bad.jsonl", ok + "\n\n" + line + "\n" + ok + "\n")
+    with pytest.raises(InputError) as info:
+        list(iter_jsonl(p))
+    assert str(info.value).startswith(f"{p}:3: "), str(info.value)
+    assert fragment in str(info.value), str(info.value)
+    assert_error_at(p, 3, fragment)  # read_documents reads JSONL through the same reader
+
+
+def test_iter_jsonl_non_utf8_and_missing_file(tmp_path):
+    p = write(tmp_path, "latin1.jsonl", b'{"a": 1}\n{"t": "Z\xfcrich"}\n')
+    with pytest.raises(InputError, match=r"latin1.jsonl:2: not valid UTF-8 \(byte 17\)"):
+        list(iter_jsonl(p))
+    with pytest.raises(InputError, match="cannot read file"):
+        list(iter_jsonl(tmp_path / "nope.jsonl"))
+
+
+def test_is_int():
+    import numpy as np
+
+    assert is_int(0) and is_int(-3) and is_int(2**70) and is_int(np.int64(5)) and is_int(np.uint8(1))
+    assert not any(is_int(v) for v in (True, False, np.bool_(True), 3.0, np.float64(1.0), "1", None))
+
+
 # ------------------------------------------------------------------------------------------------------ writing
 
 
@@ -315,34 +369,34 @@ def test_write_conll_tags_from_spans_and_exact_bytes(tmp_path):
 
 
 def test_write_conll_from_jsonl_with_tokens(tmp_path):
-    doc = Document("q", "New York  rocks", [(0, 8, "LOC")], ["New", "York", "", "rocks"], {})
+    doc = CorpusDocument("q", "New York  rocks", [(0, 8, "LOC")], ["New", "York", "", "rocks"], {})
     out = tmp_path / "q.txt"
     write_conll(out, [doc])
     assert out.read_text(encoding="utf-8") == "New\tB-LOC\nYork\tI-LOC\n\tO\nrocks\tO\n\n"
 
 
 def test_conll_tags_unaligned_and_invalid_spans():
-    doc = Document("d", "Paris, France", [(0, 5, "LOC"), (7, 13, "LOC")], ["Paris,", "France"], {})
+    doc = CorpusDocument("d", "Paris, France", [(0, 5, "LOC"), (7, 13, "LOC")], ["Paris,", "France"], {})
     assert conll_tags(doc) == ["B-LOC", "B-LOC"]  # "Paris" covers the token "Paris," it overlaps
-    dup = Document("d", "a b", [(0, 1, "X"), (0, 1, "X")], ["a", "b"], {})
+    dup = CorpusDocument("d", "a b", [(0, 1, "X"), (0, 1, "X")], ["a", "b"], {})
     assert conll_tags(dup) == ["B-X", "O"]
     with pytest.raises(InputError, match="overlapping"):
-        conll_tags(Document("d", "a b", [(0, 3, "X"), (2, 3, "Y")], ["a", "b"], {}))
+        conll_tags(CorpusDocument("d", "a b", [(0, 3, "X"), (2, 3, "Y")], ["a", "b"], {}))
     with pytest.raises(InputError, match="covers no token"):
-        conll_tags(Document("d", "a  b", [(1, 2, "X")], ["a", "", "b"], {}))
+        conll_tags(CorpusDocument("d", "a  b", [(1, 2, "X")], ["a", "", "b"], {}))
     with pytest.raises(InputError, match="no tokens"):
-        conll_tags(Document("d", "a b", [], None, {}))
+        conll_tags(CorpusDocument("d", "a b", [], None, {}))
     with pytest.raises(InputError, match="joined by single spaces"):
-        conll_tags(Document("d", "a  b", [], ["a", "b"], {}))
+        conll_tags(CorpusDocument("d", "a  b", [], ["a", "b"], {}))
 
 
 def test_write_conll_error_leaves_existing_file(tmp_path):
     out = tmp_path / "keep.conll"
     out.write_text("old\tO\n\n", encoding="utf-8")
     with pytest.raises(InputError):
-        write_conll(out, [Document("d", "a b", [], None, {})])
+        write_conll(out, [CorpusDocument("d", "a b", [], None, {})])
     with pytest.raises(InputError, match="cannot be written"):
-        write_conll(out, [Document("d", "-DOCSTART- x", [], ["-DOCSTART-", "x"], {})])
+        write_conll(out, [CorpusDocument("d", "-DOCSTART- x", [], ["-DOCSTART-", "x"], {})])
     assert out.read_text(encoding="utf-8") == "old\tO\n\n"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["keep.conll"]
 
@@ -402,7 +456,7 @@ def test_readstats_defaults():
 
 
 def test_write_to_missing_directory_is_input_error_and_mode_kept(tmp_path):
-    doc = Document("a", "x", [], ["x"], {})
+    doc = CorpusDocument("a", "x", [], ["x"], {})
     with pytest.raises(InputError, match="cannot write file") as info:
         write_jsonl(tmp_path / "no" / "such.jsonl", [doc])
     assert str(info.value).startswith(str(tmp_path / "no" / "such.jsonl"))

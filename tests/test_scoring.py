@@ -14,7 +14,7 @@ import pytest
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2, Entities
 
-from corpus.io import Document, read_documents, write_jsonl
+from corpus.io import CorpusDocument, read_documents, write_jsonl
 from corpus.scoring import align_by_position, prf, score
 from state.errors import InputError
 
@@ -37,7 +37,7 @@ TEST_SPLITS = {
 
 
 def D(i, text, ents=(), tokens=None):
-    return Document(i, text, list(ents) if ents is not None else None, tokens, {})
+    return CorpusDocument(i, text, list(ents) if ents is not None else None, tokens, {})
 
 
 def row(p, r, f, tp, fp, fn):
@@ -121,7 +121,7 @@ def test_prf_zero_rules():
 
 def test_unknown_predicted_id_is_input_error():
     with pytest.raises(InputError, match="'zz'") as info:
-        score([D("d1", TEXT1)], [D("d1", TEXT1), Document("zz", "x", [], None, {}, line=7)], pred_path="p.jsonl")
+        score([D("d1", TEXT1)], [D("d1", TEXT1), CorpusDocument("zz", "x", [], None, {}, line=7)], pred_path="p.jsonl")
     assert str(info.value).startswith("p.jsonl:7: ")
     with pytest.raises(InputError, match="'zz'"):
         score([D("d1", TEXT1)], [D("zz", "x")])
