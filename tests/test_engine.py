@@ -29,7 +29,8 @@ def run(docs, **kw):
 # ---------------------------------------------------------------- hand-worked values
 
 DOCS = [
-    ("d1", "Paris is in France .", {"a": [(0, 5, "LOC"), (12, 18, "LOC")], "b": [(0, 5, "LOC"), (12, 18, "ORG")], "c": [(0, 5, "PER")]}),
+    ("d1", "Paris is in France .",
+     {"a": [(0, 5, "LOC"), (12, 18, "LOC")], "b": [(0, 5, "LOC"), (12, 18, "ORG")], "c": [(0, 5, "PER")]}),
     ("d2", "Nothing here", {"a": [], "b": None, "c": [(0, 7, "X")]}),
     ("d3", "One doc", {"a": None, "b": None, "c": [(0, 3, "X")]}),
 ]
@@ -85,7 +86,9 @@ def test_threshold_and_hotspots_by_hand():
 def test_consensus_tie_goes_to_first_type_then_o():
     _, out = run(DOCS)
     # France: LOC (a) and ORG (b) tie with equal weights -> LOC, the first in string order
-    assert out["documents"][0]["consensus"] == [{"start": 0, "end": 5, "type": "LOC"}, {"start": 12, "end": 18, "type": "LOC"}]
+    assert out["documents"][0]["consensus"] == [
+        {"start": 0, "end": 5, "type": "LOC"}, {"start": 12, "end": 18, "type": "LOC"},
+    ]
     # two annotators with equal weight: one says X, the other O -> O wins the tie
     docs = [("t", "alpha beta", {"a": [(0, 5, "X")], "b": []}), ("u", "gamma", {"a": [], "b": []})]
     _, out = run(docs)
@@ -143,6 +146,79 @@ def test_bridging_single_cold_gaps_and_two_cold_break():
     assert spans[0]["start"] == toks[0][0] and spans[0]["end"] == toks[4][1]
 
 
+def test_hotspot_kinds_by_hand():
+    # Three one-token documents, annotators a, b, c; c fails on "Rome".
+    #   Rome: a X, b Y, c failed      Oslo: a O, b O, c Z      Lima: a X, b Y, c Z
+    # Every pairwise F1 is 0 (no span is shared on a co-succeeded document): means 0, 0, 0 -> floor 0.1 each ->
+    # weights 1/3 each. Elite: by weight then name a (1/3 < 0.5), a + b (2/3 >= 0.5) -> elite {a, b}, rest {c}.
+    docs = [
+        ("rome", "Rome", {"a": [(0, 4, "X")], "b": [(0, 4, "Y")], "c": None}),
+        ("oslo", "Oslo", {"a": [], "b": [], "c": [(0, 4, "Z")]}),
+        ("lima", "Lima", {"a": [(0, 4, "X")], "b": [(0, 4, "Y")], "c": [(0, 4, "Z")]}),
+    ]
+    # percentile 0: every token whose combined score exceeds 1e-9 is hot (the typing thresholds keep their P90)
+    result, out = run(docs, percentile=0.0)
+    assert out["elite"] == ["a", "b"]
+    assert out["weights"] == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, abs=1e-15)
+    # Per token, p_C = elite distribution (a, b renormalised: 1/2 each), p_R = rest distribution (c alone):
+    #   Rome: p_C = {B-X 1/2, B-Y 1/2}; c failed, so no rest: TV = 0;
+    #         elite-internal = 1 - (1/4 + 1/4) = 1/2
+    #   Oslo: p_C = {O 1}, p_R = {B-Z 1}: TV = (|1 - 0| + |0 - 1|) / 2 = 1; elite-internal = 1 - 1 = 0
+    #   Lima: p_C = {B-X 1/2, B-Y 1/2}, p_R = {B-Z 1}: TV = (1/2 + 1/2 + 1) / 2 = 1; elite-internal = 1/2
+    assert result.tv_between.tolist() == pytest.approx([0.0, 1.0, 1.0], abs=1e-15)
+    assert result.elite_internal.tolist() == pytest.approx([0.5, 0.0, 0.5], abs=1e-15)
+    # P90 of TV over [0, 1, 1]: position 0.9 * 2 = 1.8 between the sorted values 1 and 1 -> 1
+    # P90 of elite-internal over [0, 1/2, 1/2]: position 1.8 between 1/2 and 1/2 -> 1/2
+    assert result.tv_threshold == pytest.approx(1.0, abs=1e-15)
+    assert result.elite_internal_threshold == pytest.approx(0.5, abs=1e-15)
+    # Combined scores (all > 0, so all hot with percentile 0):
+    #   Rome: p = {B-X 1/2, B-Y 1/2} -> conflict 1/2, type 1/2, boundary 0 -> 1/2
+    #   Oslo: p = {O 2/3, B-Z 1/3} -> conflict 4/9, type 0, boundary 4 (1/3)(2/3) = 8/9 -> 8/9
+    #   Lima: p = {B-X, B-Y, B-Z 1/3 each} -> conflict 2/3, type 2/3, boundary 0 -> 2/3
+    assert result.combined.tolist() == pytest.approx([0.5, 8 / 9, 2 / 3], abs=1e-12)
+    # Kinds: Rome elite-internal 1/2 >= 1/2, TV 0 -> elite_split; Oslo TV 1 >= 1, elite-internal 0 ->
+    # systematic_bias; Lima both -> complex
+    assert [(h.doc, h.kind) for h in result.hotspots] == [(0, "elite_split"), (1, "systematic_bias"), (2, "complex")]
+    assert [h.max_tv_between for h in result.hotspots] == pytest.approx([0.0, 1.0, 1.0], abs=1e-15)
+    assert [h.max_elite_internal for h in result.hotspots] == pytest.approx([0.5, 0.0, 0.5], abs=1e-15)
+    assert out["hotspot_kinds"] == {"complex": 1, "elite_split": 1, "systematic_bias": 1}
+    # the oracle, loop by loop, agrees
+    expected = naive.analyze(docs, percentile=0.0)
+    kinds = [h["kind"] for d in expected["documents"] for h in d["hotspots"]]
+    assert kinds == ["elite_split", "systematic_bias", "complex"]
+    assert naive.close(_with_coalition(result, out), expected)
+
+
+def test_minor_hotspot_below_both_typing_thresholds():
+    # Four annotators on two documents; only the first token of each is ever an entity.
+    #   "Paris is big": a, b, c say Paris = X, d says nothing
+    #   "Quito is big": a, b say Quito = X, c and d say nothing
+    docs = [
+        ("p", "Paris is big", {"a": [(0, 5, "X")], "b": [(0, 5, "X")], "c": [(0, 5, "X")], "d": []}),
+        ("q", "Quito is big", {"a": [(0, 5, "X")], "b": [(0, 5, "X")], "c": [], "d": []}),
+    ]
+    # F1: a-b 1; a-c, b-c 2*1/(2+1) = 2/3; anyone-d 0 (d has no span).  Means: a, b (1 + 2/3 + 0)/3 = 5/9;
+    # c (2/3 + 2/3 + 0)/3 = 4/9; d 0 -> floor 0.1.  Weights (5/9, 5/9, 4/9, 0.1) / (14/9 + 0.1):
+    # a, b 0.3356, c 0.2685, d 0.0604.  Elite: a (0.336 < 0.5), a + b (0.671 >= 0.5) -> {a, b}; rest {c, d}.
+    result, out = run(docs, percentile=0.0)  # percentile 0: every token with a combined score > 1e-9 is hot
+    assert out["elite"] == ["a", "b"]
+    # Paris: p_C = {B-X 1}; p_R = {B-X wc/(wc+wd), O wd/(wc+wd)} -> TV = wd/(wc+wd) = 0.1/(4/9 + 0.1) = 0.1837
+    # Quito: p_C = {B-X 1}; p_R = {O 1} -> TV 1.  "is", "big": everyone O -> TV 0.  The elite never splits: 0.
+    tv_paris = 0.1 / (4 / 9 + 0.1)
+    assert result.tv_between.tolist() == pytest.approx([tv_paris, 0, 0, 1, 0, 0], abs=1e-12)
+    assert result.elite_internal.tolist() == [0.0] * 6
+    # P90 of TV over the sorted [0, 0, 0, 0, 0.1837, 1]: position 0.9 * 5 = 4.5 -> (0.1837 + 1) / 2 = 0.5918.
+    # P90 of elite-internal: 0, and a token must also exceed 1e-9, so no token is an elite split.
+    assert result.tv_threshold == pytest.approx((tv_paris + 1) / 2, abs=1e-12)
+    assert result.elite_internal_threshold == 0.0
+    # Hot: the two name tokens only (the others score 0).  Paris: TV 0.1837 < 0.5918 -> minor; Quito: 1 -> bias.
+    assert [(h.doc, h.token_start, h.token_end, h.kind) for h in result.hotspots] == [
+        (0, 0, 1, "minor"), (1, 0, 1, "systematic_bias"),
+    ]
+    assert out["hotspot_kinds"] == {"minor": 1, "systematic_bias": 1}
+    assert naive.close(_with_coalition(result, out), naive.analyze(docs, percentile=0.0))
+
+
 def test_guard_no_hotspots_when_everyone_agrees():
     docs = [("d", "Paris and Rome", {"a": [(0, 5, "LOC")], "b": [(0, 5, "LOC")], "c": [(0, 5, "LOC")]})]
     result, out = run(docs)
@@ -167,7 +243,8 @@ def test_dropped_spans_counted():
 
 
 def test_invalid_spans_rejected():
-    for bad, msg in [((3, 3, "X"), "greater than start"), ((0, 99, "X"), "outside the text"), ((0, 1, ""), "non-empty")]:
+    cases = [((3, 3, "X"), "greater than start"), ((0, 99, "X"), "outside the text"), ((0, 1, ""), "non-empty")]
+    for bad, msg in cases:
         with pytest.raises(InputError, match=msg):
             AnnotationBatch.from_documents([("d", "abc", {"a": [bad], "b": []})])
 
@@ -202,22 +279,67 @@ def annotated_documents(draw):
     return docs
 
 
+CLI_KEYS = ["models", "excluded", "weights", "pairwise_f1", "mean_pairwise_f1", "elite", "threshold", "hotspot_kinds",
+            "dropped_spans", "documents"]
+
+
 def _comparable(out):
-    keys = ["models", "excluded", "weights", "pairwise_f1", "mean_pairwise_f1", "elite", "threshold", "dropped_spans", "documents"]
-    return {k: out[k] for k in keys}
+    """The keys of the `analyze --json` object the oracle also computes."""
+    return {k: out[k] for k in CLI_KEYS}
+
+
+def _with_coalition(result, out):
+    """The JSON object plus what only the result holds: coalition scores, their thresholds, each hotspot's kind."""
+    view = _comparable(out)
+    view["tv_threshold"] = result.tv_threshold
+    view["elite_internal_threshold"] = result.elite_internal_threshold
+    offsets = result.table.token_offset.tolist()
+    kinds = [[] for _ in view["documents"]]
+    for h in result.hotspots:
+        kinds[h.doc].append(h.kind)
+    documents = []
+    for d, doc in enumerate(view["documents"]):
+        assert len(kinds[d]) == len(doc["hotspots"])
+        a, b = offsets[d], offsets[d + 1]
+        scores = {"tv_between": result.tv_between[a:b].tolist(), "elite_internal": result.elite_internal[a:b].tolist()}
+        documents.append({
+            **doc,
+            "hotspots": [{**h, "kind": k} for h, k in zip(doc["hotspots"], kinds[d])],
+            "coalition_scores": scores if bool(result.scored[d]) else None,
+        })
+    view["documents"] = documents
+    return view
+
+
+def _without_coalition(expected):
+    """The oracle's answer restricted to what the CLI prints (no per-hotspot kind, no coalition scores)."""
+    view = {k: expected[k] for k in CLI_KEYS}
+    view["documents"] = [
+        {**{k: v for k, v in doc.items() if k != "coalition_scores"},
+         "hotspots": [{k: v for k, v in h.items() if k != "kind"} for h in doc["hotspots"]]}
+        for doc in expected["documents"]
+    ]
+    return view
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(annotated_documents(), st.sampled_from([80.0, 50.0, 0.0, 95.0]))
-def test_engine_matches_naive_reference(docs, percentile):
+@given(
+    annotated_documents(),
+    st.sampled_from([80.0, 50.0, 0.0, 95.0]),
+    st.sampled_from([(90.0, 90.0), (50.0, 50.0), (0.0, 75.0)]),  # (TV, elite-internal) typing percentiles
+)
+def test_engine_matches_naive_reference(docs, percentile, typing):
+    tv_percentile, elite_internal_percentile = typing
+    kw = dict(percentile=percentile, tv_percentile=tv_percentile, elite_internal_percentile=elite_internal_percentile)
     try:
-        expected = naive.analyze(docs, percentile=percentile)
+        expected = naive.analyze(docs, **kw)
     except ValueError:
         with pytest.raises(InputError):
-            run(docs, percentile=percentile)
+            run(docs, **kw)
         return
-    _, out = run(docs, percentile=percentile)
-    assert naive.close(_comparable(out), expected), (docs, _comparable(out), expected)
+    result, out = run(docs, **kw)
+    got = _with_coalition(result, out)
+    assert naive.close(got, expected), (docs, got, expected)
 
 
 @settings(max_examples=100, deadline=None)
@@ -296,18 +418,22 @@ def test_cli_json_matches_engine_and_oracle(tmp_path):
     path = tmp_path / "ann.jsonl"
     with path.open("w") as fh:
         for i, t, ann in DOCS:
-            fh.write(json.dumps({"id": i, "text": t, "annotations": {a: None if s is None else [{"start": x, "end": y, "type": z} for x, y, z in s] for a, s in ann.items()}}) + "\n")
+            annotations = {
+                a: None if s is None else [{"start": x, "end": y, "type": z} for x, y, z in s] for a, s in ann.items()
+            }
+            fh.write(json.dumps({"id": i, "text": t, "annotations": annotations}) + "\n")
     proc = _cli("--json", "--token-scores", input_path=path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert naive.close(_comparable(out), naive.analyze(DOCS))
+    assert naive.close(_comparable(out), _without_coalition(naive.analyze(DOCS)))
     assert "langgraph" not in proc.stderr
 
 
 def test_cli_does_not_import_langgraph(tmp_path):
     code = (
         "import sys, runpy; sys.argv=['diziner','analyze','--help'];\n"
-        "from cli.main import build_parser; build_parser(['analyze']); import cli.analyze, disagreement.io, disagreement.engine;\n"
+        "from cli.main import build_parser; build_parser(['analyze']);\n"
+        "import cli.analyze, disagreement.io, disagreement.engine;\n"
         "bad=[m for m in sys.modules if m.startswith(('langgraph','langchain','pydantic'))]; print(bad); assert not bad"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -319,9 +445,11 @@ def test_cli_does_not_import_langgraph(tmp_path):
     [
         ("not json", ":1: not valid JSON"),
         ('{"id": "a", "text": "x"}', ":1: missing key 'annotations'"),
-        ('{"id": "a", "text": "xy", "annotations": {"m": [{"start": 0, "end": 5, "type": "X"}], "n": []}}', "outside the text"),
+        ('{"id": "a", "text": "xy", "annotations": {"m": [{"start": 0, "end": 5, "type": "X"}], "n": []}}',
+         "outside the text"),
         ('{"id": "a", "text": "xy", "annotations": {"m": [{"start": 0, "type": "X"}], "n": []}}', "missing key 'end'"),
-        ('{"id": "a", "text": "xy", "annotations": {"m": [{"start": 0.0, "end": 1, "type": "X"}], "n": []}}', "integers"),
+        ('{"id": "a", "text": "xy", "annotations": {"m": [{"start": 0.0, "end": 1, "type": "X"}], "n": []}}',
+         "integers"),
     ],
 )
 def test_cli_bad_input_exit_2(tmp_path, line, needle):
