@@ -1,4 +1,4 @@
-"""`diziner analyze ANNOTATIONS [--json] [--token-scores] [--percentile 80]` (issue 2, item 7).
+"""`diziner analyze ANNOTATIONS [--json] [--token-scores] [--percentile 80]` (docs/method.md, "Disagreement report").
 
 Deterministic and LLM-free: imports neither LangGraph nor LangChain.
 """
@@ -11,7 +11,9 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("annotations", metavar="ANNOTATIONS", help="JSONL: {id, text, annotations: {annotator: [spans] | null}}")
+    p.add_argument(
+        "annotations", metavar="ANNOTATIONS", help="JSONL: {id, text, annotations: {annotator: [spans] | null}}"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the Markdown report")
     p.add_argument("--token-scores", action="store_true", help="with --json: per-token disagreement scores")
     p.add_argument("--percentile", type=float, default=80.0, help="hotspot threshold percentile (default 80)")
@@ -21,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Millions of small objects and no cycles: the cyclic GC would only cost time here.
+    """Analyse an annotations file and print the Markdown report or the JSON figures."""
     gc.disable()
     from disagreement.engine import EngineParams, analyze
     from disagreement.io import read_annotations, result_to_json, write_json
@@ -37,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.token_scores:
             print("note: --token-scores only applies with --json", file=sys.stderr)
-        from disagreement.report import ReportParams, build_report, render_markdown
+        from disagreement.render_markdown import render_markdown
+        from disagreement.report import ReportParams, build_report
 
         sys.stdout.write(render_markdown(build_report(result, ReportParams())))
     sys.stdout.flush()

@@ -143,10 +143,11 @@ def _objects(lines: Iterable[tuple[int, str]], path: str) -> Iterator[tuple[int,
         try:
             obj = loads(line)
         except RecursionError:
-            raise InputError("invalid JSON: nested too deeply to read", path=path, line=lineno) from None
+            detail = ": nested too deeply to read"
+            raise InputError(f"not valid JSON (invalid JSON{detail})", path=path, line=lineno) from None
         except ValueError as exc:
-            detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-            raise InputError(f"invalid JSON: the line is not valid JSON ({detail})", path=path, line=lineno) from None
+            detail = f" at column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else f": {exc}"
+            raise InputError(f"not valid JSON (invalid JSON{detail})", path=path, line=lineno) from None
         if type(obj) is not dict:
             kind = "true or false" if isinstance(obj, bool) else _JSON_KINDS.get(type(obj), "null")
             raise InputError(f"expected a JSON object, got {kind}", path=path, line=lineno)

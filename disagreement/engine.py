@@ -1,8 +1,8 @@
 """The deterministic disagreement engine (issue 2, item 6; DIZINER.md sections 6-10).
 
 Pure numpy, float64, vectorised over tokens: it knows nothing of LLMs or LangGraph. Input is an
-`AnnotationBatch` (flat span arrays); output a `DisagreementResult` that the JSON writer, the Markdown report
-and the graph node all read.
+`AnnotationBatch` (flat span arrays); output a `DisagreementResult` that the JSON writer, the report
+(`disagreement.report`) and the graph node all read.
 
 Label ids follow `corpus.tokens`: 0 = O, 2t+1 = B-t, 2t+2 = I-t for type id t (types in string order).
 """
@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from corpus.io import is_int
 from corpus.tokens import TokenTable, label_tokens, sort_order, tokenize_many
 from state.errors import InputError
 
@@ -111,7 +112,7 @@ class AnnotationBatch:
 def check_span(doc_id: str, annotator: str, start: object, end: object, etype: object, text_len: int) -> None:
     """One span's validity, with a message naming the document and annotator."""
     where = f"document {doc_id!r}, annotator {annotator!r}"
-    if type(start) is not int or type(end) is not int:
+    if not is_int(start) or not is_int(end):
         raise InputError(f"{where}: span offsets must be integers, got start={start!r} end={end!r}")
     if not isinstance(etype, str) or not etype:
         raise InputError(f"{where}: span type must be a non-empty string, got {etype!r}")
@@ -122,7 +123,9 @@ def check_span(doc_id: str, annotator: str, start: object, end: object, etype: o
 
 
 @dataclass
-class Hotspot:
+class HotspotRun:
+    """One hotspot as the engine finds it: a run of hot tokens in one document, typed by its coalition statistics."""
+
     doc: int  # document index
     token_start: int  # document-relative token index
     token_end: int  # exclusive
@@ -167,7 +170,7 @@ class DisagreementResult:
     tv_threshold: float | None
     elite_internal_threshold: float | None
     hot: np.ndarray  # (n_tokens,) bool
-    hotspots: list[Hotspot]
+    hotspots: list[HotspotRun]
     consensus_spans: list[list[tuple[int, int, str]]] = field(default_factory=list)  # per document
 
     @property
@@ -395,7 +398,9 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
 
 
-def _runs(mask: np.ndarray, tok_doc: np.ndarray, key: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def token_runs(
+    mask: np.ndarray, tok_doc: np.ndarray, key: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """[start, end) global token ranges of maximal runs of `mask` within a document (and of equal `key`)."""
     n = mask.size
     if n == 0:
@@ -417,14 +422,14 @@ def _hotspots(
     s: dict[str, np.ndarray],
     tv_thr: float | None,
     ei_thr: float | None,
-) -> list[Hotspot]:
+) -> list[HotspotRun]:
     """Runs of hot tokens bridging any number of single cold tokens (two cold in a row end a run)."""
     n = hot.size
     filled = hot.copy()
     if n >= 3:
         same = (tok_doc[:-2] == tok_doc[1:-1]) & (tok_doc[1:-1] == tok_doc[2:])
         filled[1:-1] |= hot[:-2] & hot[2:] & same
-    starts, ends = _runs(filled, tok_doc)
+    starts, ends = token_runs(filled, tok_doc)
     if starts.size == 0:
         return []
     # typing (section 10): any token of the run over its P90 threshold (and > 1e-9)
@@ -445,7 +450,7 @@ def _hotspots(
     char_end = table.ends[ends - 1] - c0
     kinds = np.where(has_split & has_sys, 0, np.where(has_split, 1, np.where(has_sys, 2, 3)))
     return [
-        Hotspot(int(d), int(a), int(b), int(cs), int(ce), HOTSPOT_KINDS[k], float(mu), float(tv), float(ei))
+        HotspotRun(int(d), int(a), int(b), int(cs), int(ce), HOTSPOT_KINDS[k], float(mu), float(tv), float(ei))
         for d, a, b, cs, ce, k, mu, tv, ei in zip(
             docs.tolist(),
             (starts - tok0).tolist(),
@@ -473,7 +478,7 @@ def consensus_spans(
     """Consecutive tokens of one consensus type form one span; per document, character offsets."""
     n_docs = table.char_offset.size
     out: list[list[tuple[int, int, str]]] = [[] for _ in range(n_docs)]
-    starts, ends = _runs(consensus > 0, tok_doc, key=consensus)
+    starts, ends = token_runs(consensus > 0, tok_doc, key=consensus)
     if starts.size == 0:
         return out
     docs = tok_doc[starts]

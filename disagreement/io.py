@@ -1,8 +1,9 @@
-"""Reading `diziner analyze` input and writing its JSON (issue 2, item 7).
+"""Reading `diziner analyze` input and writing its JSON (docs/method.md, "Documents" and "Disagreement report").
 
 Input: JSONL, one document a line: {"id", "text", "annotations": {"<annotator>": [{"start","end","type"}, ...]
-or null}}. The reader builds the engine's flat arrays directly (no per-span objects kept) and validates in
-bulk; only when something is wrong does it walk the offending line to name the exact problem.
+or null}}, read line by line through `corpus.io.iter_jsonl`. The reader builds the engine's flat arrays directly
+(no per-span objects kept) and validates in bulk; only when something is wrong does it walk the offending spans to
+name the exact problem. Every error names the file and the line ("FILE:N: ...").
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from corpus.io import iter_jsonl
 from disagreement.engine import AnnotationBatch, DisagreementResult, check_span
+from disagreement.report import agreement_figures, hotspot_kinds
 from state.errors import InputError
 
 _SPAN_FIELDS = itemgetter("start", "end", "type")
@@ -21,19 +24,6 @@ _SPAN_FIELDS = itemgetter("start", "end", "type")
 
 def read_annotations(path: str) -> AnnotationBatch:
     """Parse and validate an annotations file into an `AnnotationBatch` (annotators sorted by name)."""
-    try:
-        fh = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read annotations file: {exc.strerror or exc}", path=path) from None
-    with fh:
-        try:
-            return _read(fh, path)
-        except UnicodeDecodeError as exc:
-            raise InputError(f"file is not valid UTF-8 ({exc.reason} at byte {exc.start})", path=path) from None
-
-
-def _read(fh: TextIO, path: str) -> AnnotationBatch:
-    loads = json.loads
     doc_ids: list[str] = []
     texts: list[str] = []
     lines: list[int] = []
@@ -43,15 +33,7 @@ def _read(fh: TextIO, path: str) -> AnnotationBatch:
     ok_ann: list[int] = []
     grp_len: list[int] = []
     trips: list[tuple[Any, Any, Any]] = []
-    for lineno, line in enumerate(fh, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = loads(line)
-        except ValueError as exc:
-            raise InputError(f"not valid JSON: {exc}", path=path, line=lineno) from None
-        if type(obj) is not dict:
-            raise InputError("each line must be a JSON object", path=path, line=lineno)
+    for lineno, obj in iter_jsonl(path):
         try:
             doc_id, text, annotations = obj["id"], obj["text"], obj["annotations"]
         except KeyError as exc:
@@ -106,10 +88,16 @@ def _read(fh: TextIO, path: str) -> AnnotationBatch:
 
     starts, ends, types = (list(x) for x in zip(*trips)) if trips else ([], [], [])
     bad = None
+    # the bulk form of corpus.io.is_int for JSON values (ints, never bools), then of check_span's type check
     if not (set(map(type, starts)) <= {int} and set(map(type, ends)) <= {int}):
         bad = next(i for i, (s, e) in enumerate(zip(starts, ends)) if type(s) is not int or type(e) is not int)
     elif not set(map(type, types)) <= {str} or "" in set(types):
         bad = next(i for i, t in enumerate(types) if type(t) is not str or not t)
+    elif starts and (min(starts) < 0 or max(max(starts), max(ends)) > max(map(len, texts))):
+        # an offset outside every text (2**70 among them) cannot become an int64: find the first bad span in Python
+        bad = next(
+            i for i, (s, e, d) in enumerate(zip(starts, ends, span_doc.tolist())) if not 0 <= s < e <= len(texts[d])
+        )
     start_a = np.array(starts, dtype=np.int64) if bad is None else None
     end_a = np.array(ends, dtype=np.int64) if bad is None else None
     if bad is None and start_a.size:
@@ -119,8 +107,11 @@ def _read(fh: TextIO, path: str) -> AnnotationBatch:
             bad = int(np.argmax(wrong))
     if bad is not None:
         d, k = int(span_doc[bad]), int(span_ann[bad])
-        check_span(doc_ids[d], names[k], starts[bad], ends[bad], types[bad], len(texts[d]))
-        raise InputError("invalid span", path=path, line=lines[d])  # pragma: no cover
+        try:
+            check_span(doc_ids[d], names[k], starts[bad], ends[bad], types[bad], len(texts[d]))
+        except InputError as exc:
+            raise InputError(exc.message, path=path, line=lines[d]) from None
+        raise AssertionError(f"span {bad} was found invalid but passes check_span")  # pragma: no cover
     type_names = sorted(set(types))
     tid = {t: i for i, t in enumerate(type_names)}
     return AnnotationBatch(
@@ -148,34 +139,8 @@ def _explain_span_error(path: str, lineno: int, doc_id: str, name: str, spans: l
     raise InputError(f"document {doc_id!r}, annotator {name!r}: malformed spans", path=path, line=lineno)
 
 
-def agreement_figures(result: DisagreementResult) -> dict[str, Any]:
-    """The agreement figures of a round (weights, pairwise and mean agreement, elite, threshold), JSON-able and
-    unrounded: the `diziner analyze --json` keys and the fields of `state.models.AgreementStats`."""
-    models = result.models
-    f1 = result.pairwise_f1.tolist()
-    return {
-        "models": list(models),
-        "excluded": list(result.excluded),
-        "weights": result.weight_of(),
-        "pairwise_f1": {a: {b: f1[i][j] for j, b in enumerate(models) if j != i} for i, a in enumerate(models)},
-        "mean_pairwise_f1": result.mean_pairwise_f1,
-        "mean_agreement": {m: float(v) for m, v in zip(models, result.mean_agreement)},
-        "elite": list(result.elite),
-        "threshold": result.threshold,
-        "dropped_spans": {m: int(n) for m, n in zip(models, result.dropped_spans)},
-    }
-
-
-def hotspot_kinds(result: DisagreementResult) -> dict[str, int]:
-    """Hotspots per kind, keys sorted."""
-    kinds: dict[str, int] = {}
-    for h in result.hotspots:
-        kinds[h.kind] = kinds.get(h.kind, 0) + 1
-    return {k: kinds[k] for k in sorted(kinds)}
-
-
 def result_to_json(result: DisagreementResult, token_scores: bool = False) -> dict[str, Any]:
-    """The `diziner analyze --json` object (issue 2, item 7); floats unrounded."""
+    """The `diziner analyze --json` object; floats unrounded."""
     batch = result.batch
     table = result.table
     by_doc: list[list[dict[str, int]]] = [[] for _ in batch.doc_ids]
@@ -216,5 +181,24 @@ def result_to_json(result: DisagreementResult, token_scores: bool = False) -> di
 
 
 def write_json(obj: dict[str, Any], out: TextIO) -> None:
+    """One JSON object on one line (UTF-8 kept as is)."""
     out.write(json.dumps(obj, ensure_ascii=False))
     out.write("\n")
+
+
+def hotspot_records(result: DisagreementResult) -> list[dict[str, Any]]:
+    """Every hotspot as {document_id, start, end, token_start, token_end, kind, text}, in the engine's order."""
+    ids, texts = result.batch.doc_ids, result.batch.texts
+    return [
+        {"document_id": ids[h.doc], "start": h.start, "end": h.end, "token_start": h.token_start,
+         "token_end": h.token_end, "kind": h.kind, "text": texts[h.doc][h.start:h.end]}
+        for h in result.hotspots
+    ]
+
+
+def consensus_records(result: DisagreementResult) -> dict[str, list[dict[str, Any]]]:
+    """Document id -> the weighted consensus spans as {start, end, type}."""
+    return {
+        doc_id: [{"start": s, "end": e, "type": t} for s, e, t in spans]
+        for doc_id, spans in zip(result.batch.doc_ids, result.consensus_spans)
+    }

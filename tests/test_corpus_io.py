@@ -320,14 +320,14 @@ def test_iter_jsonl_lines_blank_lines_bom_and_crlf(tmp_path):
 @pytest.mark.parametrize(
     "line, fragment",
     [
-        ("{not json", "invalid JSON: the line is not valid JSON (Expecting property name"),
+        ("{not json", "not valid JSON (invalid JSON at column 2: Expecting property name"),
         ("[1, 2]", "expected a JSON object, got an array"),
         ('"text"', "expected a JSON object, got a string"),
         ("3.5", "expected a JSON object, got a number"),
         ("null", "expected a JSON object, got null"),
         ("true", "expected a JSON object, got true or false"),
-        ("[" * 100_000 + "]" * 100_000, "invalid JSON: nested too deeply"),
-        ('{"n": ' + "9" * 5000 + "}", "invalid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON (invalid JSON: nested too deeply"),
+        ('{"n": ' + "9" * 5000 + "}", "not valid JSON (invalid JSON: Exceeds the limit"),
     ],
 )
 def test_iter_jsonl_errors_name_file_and_line(tmp_path, line, fragment):

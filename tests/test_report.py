@@ -1,4 +1,4 @@
-"""The structured disagreement report and its Markdown (disagreement/report.py; DIZINER.md section 11)."""
+"""The disagreement report: comparison, data and Markdown (disagreement/compare.py, report.py, render_markdown.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from disagreement.compare import FAMILIES, ConsensusComparison
 from disagreement.engine import AnnotationBatch, EngineParams, analyze
-from disagreement.report import (
-    FAMILIES,
-    ReportParams,
-    _Frame,
-    annotator_error_report,
-    build_report,
-    render_markdown,
-)
+from disagreement.render_markdown import render_annotator_markdown, render_markdown
+from disagreement.report import ReportParams, build_annotator_report, build_report
 
 ALL_HOT = EngineParams(percentile=0.0)  # every token with any disagreement is hot
+
+
+def annotator_error_report(result, annotator, params=None):
+    """One annotator's report as the supervisor reads it (data, then Markdown)."""
+    return render_annotator_markdown(build_annotator_report(result, annotator, params))
 
 TEXT = "John Smith visited New York City yesterday ."
 MAJ = [(0, 10, "PER"), (19, 32, "LOC")]  # [John Smith]PER [New York City]LOC
@@ -312,7 +312,7 @@ def test_hostile_text_cannot_break_structure():
 
 
 def test_code_span_fences():
-    from disagreement.report import _code
+    from disagreement.render_markdown import _code
 
     assert _code("a`b") == "``a`b``"
     assert _code("```x") == "```` ```x ````"
@@ -450,7 +450,7 @@ def test_vectorised_errors_match_oracle(doc_anns):
     if batch.succeeded.any(axis=0).sum() < 2:
         return
     r = analyze(batch, ALL_HOT)
-    fr = _Frame(r)
+    fr = ConsensusComparison(r)
     got = []
     for k in range(len(r.models)):
         e = fr.errors(k)
