@@ -32,16 +32,57 @@ SENTENCES = [
 DOCS = [{"id": f"d{i}", "text": t} for i, t in enumerate(SENTENCES)]
 
 
+TYPES = ["POLITICIAN", "LOCATION", "COUNTRY", "PERSON"]
+CAPITALISED = r"\b[A-Z][a-z]+\b"
+
+
+def is_shared(idx, level, peak=None):
+    """Whether annotator `idx` reads with the shared type at `level`: from level idx on, or (with a `peak` round)
+    only at that round's level, peak - 1."""
+    return level >= idx if peak is None else level == peak - 1
+
+
+def reading(idx, level, text, peak=None):
+    """The scripted annotator's entities on one text: every capitalised word, typed POLITICIAN when it shares the
+    reading, else the type its index and the word's position give (two annotators never agree on one then)."""
+    shared = is_shared(idx, level, peak)
+    return [(c, TYPES[0] if shared else TYPES[(idx + j) % 4]) for j, c in enumerate(re.findall(CAPITALISED, text))]
+
+
+def expected_agreement(pilot_ids, levels, peak=None, skip=()):
+    """(mean pairwise F1, {annotator: mean agreement}) of one round, computed from the script's rule.
+
+    Every capitalised word occurs once per pilot sentence, so a span is (document, word position, type); two
+    annotators agree on a word when they give it the same type. `skip`: annotators that failed everywhere."""
+    texts = {d["id"]: d["text"] for d in DOCS}
+    sets = {}
+    for idx, name in enumerate(NAMES):
+        if name in skip:
+            continue
+        sets[name] = set()
+        for d in pilot_ids:
+            words = re.findall(CAPITALISED, texts[d])
+            assert len(set(words)) == len(words), texts[d]
+            sets[name] |= {(d, j, t) for j, (_, t) in enumerate(reading(idx, levels[name], texts[d], peak))}
+    names = list(sets)
+    f1 = {(a, b): 2 * len(sets[a] & sets[b]) / (len(sets[a]) + len(sets[b])) for a in names for b in names if a != b}
+    pairs = [f1[a, b] for i, a in enumerate(names) for b in names[i + 1:]]
+    mean = {a: sum(f1[a, b] for b in names if b != a) / (len(names) - 1) for a in names}
+    return sum(pairs) / len(pairs), mean
+
+
 class Script:
     """Annotators tag capitalised words; how much they agree is set by the 'LEVEL-k' instruction they receive.
 
     level 0: annotators disagree on types; each supervisor round raises the level by `step`, and at a level
-    >= the annotator's index it switches to the shared reading, so agreement rises round by round.
+    >= the annotator's index it switches to the shared reading, so agreement rises round by round. With `peak`
+    set, every annotator shares the reading in that round only (level peak - 1), so agreement peaks there.
     """
 
-    def __init__(self, names, step=1, fail=(), fail_docs=(), per_annotator=None):
+    def __init__(self, names, step=1, fail=(), fail_docs=(), per_annotator=None, peak=None):
         self.names = names
         self.step = step
+        self.peak = peak
         self.fail = set(fail)
         self.fail_docs = set(fail_docs)
         self.level = 0
@@ -58,14 +99,11 @@ class Script:
                 m = re.search(r"LEVEL-(\d+)", prompt)
                 level = int(m.group(1)) if m else 0
                 idx = self.names.index(name)
-                shared = level >= idx
-                caps = re.findall(r"\b[A-Z][a-z]+\b", doc)
-                types = ["POLITICIAN", "LOCATION", "COUNTRY", "PERSON"]
-                ents = [{"text": c, "type": types[0] if shared else types[(idx + j) % 4]} for j, c in enumerate(caps)]
-                return {"entities": ents}
+                return {"entities": [{"text": c, "type": t} for c, t in reading(idx, level, doc, self.peak)]}
             self.supervisor_calls.append(schema)
             if schema == "PatternAnalysis":
-                return {"summary": "types differ", "patterns": [{"name": "type choice"}], "principles": [{"text": "prefer POLITICIAN"}]}
+                return {"summary": "types differ", "patterns": [{"name": "type choice"}],
+                        "principles": [{"text": "prefer POLITICIAN"}]}
             if schema == "AnnotatorDiagnosis":
                 return {"tendencies": ["mixes types"], "needs": [{"text": "use POLITICIAN"}]}
             if schema == "Integration":
@@ -73,9 +111,14 @@ class Script:
                 goal = f"{TASK.final_task_goal.strip()} Sharpened goal {self.level}."
                 return {"goal": goal, "goal_changed": True, "common": [{"text": f"LEVEL-{self.level}"}]}
             if schema == "Organization":
-                per = [{"annotator": a, "instructions": [{"text": t} for t in ts]} for a, ts in self.per_annotator.items()]
+                per = [
+                    {"annotator": a, "instructions": [{"text": t} for t in ts]} for a, ts in self.per_annotator.items()
+                ]
                 return {
-                    "common": [{"text": f"LEVEL-{self.level}: tag names as POLITICIAN", "priority": "high"}, {"text": "minor rule", "priority": "low"}],
+                    "common": [
+                        {"text": f"LEVEL-{self.level}: tag names as POLITICIAN", "priority": "high"},
+                        {"text": "minor rule", "priority": "low"},
+                    ],
                     "per_annotator": per,
                 }
             raise AssertionError(schema)
@@ -87,6 +130,12 @@ class Script:
 
 
 NAMES = ["openai:a", "openai:b", "openai:c"]
+
+
+def picked(out):
+    """(round, annotator, score) of the run's selection."""
+    sel = out["selection"]
+    return sel.round, sel.annotator, sel.mean_pairwise_f1
 
 
 def run_graph(script: Script, **ctx):
@@ -101,6 +150,12 @@ def test_stops_at_max_loops_with_rising_agreement():
     assert [h.round for h in out["history"]] == [1, 2, 3]
     a = [h.mean_pairwise_f1 for h in out["history"]]
     assert a[0] < a[1] < a[2]
+    # each round's agreement is the one the script's rule gives on that round's pilot (levels 0, 1, 2)
+    for t, h in enumerate(out["history"]):
+        mean, per = expected_agreement(h.pilot, {n: t for n in NAMES})
+        assert h.mean_pairwise_f1 == pytest.approx(mean, abs=1e-12)
+        assert h.mean_agreement == pytest.approx(per, abs=1e-12)
+    assert a[2] == 1.0  # at level 2 every annotator shares the reading
     assert out["stop_reason"].startswith("max_loops reached")
     assert script.supervisor_calls.count("Organization") == 2  # max_loops - 1 supervisor rounds
 
@@ -136,7 +191,8 @@ def test_caps_are_enforced_in_code():
     out = run_graph(script, max_loops=2, max_common_instructions=1)
     second = script.prompts("openai:b")[3:]
     assert all("LEVEL-1" in p and "minor rule" not in p for p in second)  # the low-priority one was cut
-    assert out["history"][0].guideline_change > 0
+    assert out["history"][0].guideline_change == 1.0  # from the empty guideline every word is new
+    assert out["history"][1].guideline_change is None  # no supervisor after the last round
 
 
 def test_per_annotator_instructions_reach_only_that_annotator():
@@ -153,13 +209,20 @@ def test_failed_annotator_is_recorded_and_round_goes_on():
     out = run_graph(script, max_loops=2)
     first = out["history"][0]
     assert first.failed["openai:c"] == 3 and first.succeeded["openai:c"] == 0
-    assert first.mean_pairwise_f1 is not None  # a and b still measured
+    # a and b still measured, on their own
+    mean, per = expected_agreement(first.pilot, {n: 0 for n in NAMES}, skip={"openai:c"})
+    assert first.mean_pairwise_f1 == pytest.approx(mean, abs=1e-12)
+    assert first.mean_agreement == pytest.approx(per, abs=1e-12)
     assert "openai:c" not in first.weights  # excluded: failed on every document
-    assert out["selection"].annotator != "openai:c"
+    assert sorted(first.weights) == ["openai:a", "openai:b"]
+    # round 2 (level 1): a and b share the reading -> 1.0 each; the tie goes to the smaller name
+    assert out["history"][1].mean_agreement == {"openai:a": 1.0, "openai:b": 1.0}
+    assert picked(out) == (2, "openai:a", 1.0)
 
 
 def test_partial_failure_counts_document_as_failed_not_empty():
-    script = Script(NAMES, fail_docs=("Obama", "Labour", "Paris", "Sarkozy", "Senate", "Boris", "Green", "Macron", "Theresa"))
+    every = ("Obama", "Labour", "Paris", "Sarkozy", "Senate", "Boris", "Green", "Macron", "Theresa")
+    script = Script(NAMES, fail_docs=every)
     out = run_graph(script, max_loops=1)
     assert out["history"][0].failed["openai:c"] == 3
 
@@ -169,8 +232,55 @@ def test_selection_label_free_and_exported():
     out = run_graph(script, max_loops=3)
     best = max((h.mean_agreement[k], h.round, k) for h in out["history"] for k in h.mean_agreement)
     assert (out["selection"].round, out["selection"].mean_pairwise_f1) == (best[1], best[0])
-    assert out["selected_configuration"]["annotator"] == out["selection"].annotator
-    assert "LEVEL-" in out["guideline_markdown"] and out["guideline_markdown"].startswith("# Annotation guideline")
+    # round 3: every annotator at 1.0; the product's tie-break (later round, then smaller name) gives openai:a
+    assert out["history"][2].mean_agreement == {n: 1.0 for n in NAMES}
+    assert picked(out) == (3, "openai:a", 1.0)
+    assert out["selected_configuration"]["annotator"] == "openai:a"
+    assert out["selected_configuration"]["round"] == 3
+    assert "LEVEL-2: tag names as POLITICIAN" in out["guideline_markdown"]
+    assert out["guideline_markdown"].startswith("# Annotation guideline")
+
+
+def _instruction_texts(configuration):
+    return [i["text"] for i in configuration["common_instructions"]] + [
+        i["text"] for i in configuration["annotator_instructions"]
+    ]
+
+
+def test_selection_peaking_in_round_1_exports_round_1_configuration():
+    # agreement 1.0 in round 1 (no instruction yet), 0 afterwards: the supervisor's rules made things worse
+    script = Script(NAMES, peak=1)
+    out = run_graph(script, max_loops=3, min_gain=0.0, patience=3)
+    assert [h.mean_pairwise_f1 for h in out["history"]] == [1.0, 0.0, 0.0]
+    assert out["stop_reason"] == "max_loops reached (3 rounds)"
+    assert picked(out) == (1, "openai:a", 1.0)
+    # the final round's prompts carried the supervisor's rules ...
+    assert all("LEVEL-2: tag names as POLITICIAN" in p for p in script.prompts("openai:a")[6:])
+    # ... the export is round 1's configuration: no instruction, the task's own goal
+    config = out["selected_configuration"]
+    assert (config["round"], config["annotator"]) == (1, "openai:a")
+    assert _instruction_texts(config) == []
+    assert config["goal"] == TASK.final_task_goal
+    md = out["guideline_markdown"]
+    assert "used in round 1," in md
+    for later in ("LEVEL-", "minor rule", "Sharpened goal"):
+        assert later not in md, later
+
+
+def test_selection_peaking_in_round_2_exports_round_2_configuration():
+    # agreement 0, 1.0, 0: the guideline written after round 1 is exported, not round 1's nor the last one
+    script = Script(NAMES, peak=2)
+    out = run_graph(script, max_loops=3, min_gain=0.0, patience=3)
+    assert [h.mean_pairwise_f1 for h in out["history"]] == [0.0, 1.0, 0.0]
+    assert picked(out) == (2, "openai:a", 1.0)
+    config = out["selected_configuration"]
+    assert (config["round"], config["annotator"]) == (2, "openai:a")
+    assert _instruction_texts(config) == ["LEVEL-1: tag names as POLITICIAN", "minor rule"]
+    assert config["goal"] == f"{TASK.final_task_goal.strip()} Sharpened goal 1."
+    md = out["guideline_markdown"]
+    assert "used in round 2," in md
+    assert "1. LEVEL-1: tag names as POLITICIAN" in md and "Sharpened goal 1." in md
+    assert "LEVEL-2" not in md and "Sharpened goal 2." not in md
 
 
 def test_max_loops_hard_cap():
