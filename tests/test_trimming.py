@@ -171,3 +171,54 @@ def test_supervisor_prompt_that_cannot_fit_is_still_returned(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 5
     assert "still exceeds the context of openai:tiny" in messages[-1]
+
+
+# ---------------------------------------------------------------- a whole run with a run file's context window
+
+
+def test_refine_run_trims_only_the_annotator_with_a_small_context(tmp_path, scripted_models):
+    """`diziner refine` with a run file giving openai:a a context the type examples do not fit: every prompt of a
+    loses them and keeps round 2's instructions; b (no context window) keeps them."""
+    from cli.main import main
+    from tests.scripted import POLITICS_SENTENCES, document_of, responder, tag_words
+
+    supervisor = {
+        "Integration": {"goal": "", "common": [{"text": "RULE-ONE for everyone"}], "per_annotator": []},
+        "Organization": {"common": [{"text": "RULE-ONE for everyone", "priority": "high"}],
+                         "per_annotator": [{"annotator": "openai:a", "instructions": [{"text": "RULE-A only"}]}]},
+    }
+    models = scripted_models(
+        lambda name: responder(lambda p: tag_words(document_of(p), "POLITICIAN", "LOCATION"), supervisor)
+    )
+    # a window between the longest pilot prompt without type examples (round 2 instructions included) and the
+    # shortest one with them
+    round2 = configuration_for(
+        TASK, Guideline(common=[Instruction(number="1", text="RULE-ONE for everyone")],
+                        per_annotator={"openai:a": [Instruction(number="1", text="RULE-A only")]}), "openai:a")
+    longest = max(POLITICS_SENTENCES, key=len)
+    shortest = min(POLITICS_SENTENCES, key=len)
+    window = smallest_window(fit_annotator_prompt(spec(MAX_TOKENS + 1), round2, longest, 2)[0]) + 50
+    assert window < smallest_window(fit_annotator_prompt(spec(None), configuration_for(TASK, Guideline(), "openai:a"),
+                                                         shortest, 1)[0])
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(
+        f"annotators:\n  - name: openai:a\n    context_window: {window}\n    max_tokens: {MAX_TOKENS}\n"
+        "  - name: openai:b\n  - name: openai:c\nsupervisor:\n  name: openai:sup\n",
+        encoding="utf-8",
+    )
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(f'{{"id": "d{i}", "text": "{t}"}}\n' for i, t in enumerate(POLITICS_SENTENCES)),
+                    encoding="utf-8")
+    out = tmp_path / "run"
+    code = main(["refine", "--task", str(ROOT / "tasks" / "crossner_politics.yaml"), "--docs", str(pool),
+                 "--out", str(out), "--config", str(run_file), "--max-loops", "2", "--pilot-size", "3",
+                 "--min-gain", "0", "--patience", "5"])
+    assert code == 0
+    examples = [e for e in type_examples() if not any(e in t for t in POLITICS_SENTENCES)]
+    assert len(examples) >= 20
+    prompts_a, prompts_b = models.calls("openai:a", "Entities"), models.calls("openai:b", "Entities")
+    assert len(prompts_a) == len(prompts_b) == 6  # two rounds of three pilot documents
+    assert all(not [e for e in examples if e in p] for p in prompts_a)
+    assert all(all(e in p for e in examples) for p in prompts_b)
+    assert all("RULE-ONE for everyone" in p and "RULE-A only" in p for p in prompts_a[3:])
+    assert all("RULE-ONE for everyone" in p and "RULE-A only" not in p for p in prompts_b[3:])
