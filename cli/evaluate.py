@@ -1,8 +1,9 @@
-"""`diziner evaluate --gold G --pred P [--json]` (issue 2, item 7): strict span P/R/F1 (item 5).
+"""`diziner evaluate --gold G --pred P [--limit N] [--json]`: strict span P/R/F1 (docs/method.md, "Scoring").
 
 Documents are matched by id; when both files are CoNLL, by position (differing sentence counts or tokens are an
-error). With ``--json`` stdout holds exactly one JSON object (floats unrounded) and every message goes to stderr;
-otherwise an aligned table. Imports only `corpus` (no LangGraph, LangChain or Pydantic).
+error). ``--limit N`` scores the first N gold documents only. With ``--json`` stdout holds exactly one JSON object
+(floats unrounded) and every message goes to stderr; otherwise an aligned table. Imports only `corpus` (no
+LangGraph, LangChain or Pydantic).
 """
 
 from __future__ import annotations
@@ -12,10 +13,28 @@ import json
 import sys
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the options of `diziner evaluate` (item 7)."""
+    """Declare the options of `diziner evaluate`."""
     parser.add_argument("--gold", required=True, metavar="G", help="gold documents (JSONL or CoNLL)")
     parser.add_argument("--pred", required=True, metavar="P", help="predicted documents (JSONL or CoNLL)")
+    parser.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="score only the first N gold documents, in file order; predictions for the other gold documents are "
+        "ignored (an id missing from the whole gold file is still an error). With two CoNLL files, the first N "
+        "sentences of each are matched by position",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -43,7 +62,7 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read both files, match documents, score, print (item 7). InputError propagates to cli.main (exit 2)."""
+    """Read both files, match documents, score, print. InputError propagates to cli.main (exit 2)."""
     from corpus.io import read_documents
     from corpus.scoring import align_by_position, score
 
@@ -53,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
         for msg in stats.warnings(path):
             print(f"diziner evaluate: warning: {msg}", file=sys.stderr)
     if gold_stats.format == "conll" and pred_stats.format == "conll":
+        if args.limit is not None:
+            gold, pred = gold[: args.limit], pred[: args.limit]
         pred = align_by_position(gold, pred, gold_path=str(args.gold), pred_path=str(args.pred))
-    result = score(gold, pred, gold_path=str(args.gold), pred_path=str(args.pred))
+    result = score(gold, pred, gold_path=str(args.gold), pred_path=str(args.pred), limit=args.limit)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

@@ -1,4 +1,4 @@
-"""Scoring (issue 2, item 5): strict span micro P/R/F1 over (document id, start, end, type), and per type.
+"""Scoring (docs/method.md, "Scoring"): strict span micro P/R/F1 over (document id, start, end, type), and per type.
 
 Plain dicts and tuple sets; no Pydantic, LangGraph or LangChain (imported by `diziner evaluate`).
 """
@@ -33,22 +33,32 @@ def score(
     *,
     gold_path: str | None = None,
     pred_path: str | None = None,
+    limit: int | None = None,
 ) -> dict:
-    """Strict span micro P/R/F1 of ``pred`` against ``gold``, documents matched by id (item 5).
+    """Strict span micro P/R/F1 of ``pred`` against ``gold``, documents matched by id.
 
     Spans are the set of (document id, start, end, type): duplicates count once. A gold document missing from the
     predictions contributes its spans as false negatives. A predicted id absent from the gold, a predicted document
     whose text differs from the gold's, or a duplicate id on either side is an InputError naming the id (and the
     file and line when ``gold_path``/``pred_path`` are given). ``entities=None`` counts as no spans.
 
+    With ``limit``, only the first ``limit`` gold documents (in the given order) are scored: the predictions for the
+    later gold documents are ignored (an id absent from the whole gold is still an error).
+
     Returns ``{"precision", "recall", "f1", "tp", "fp", "fn", "per_type": {TYPE: {same keys}}}`` with unrounded
     floats and ``per_type`` holding every type that occurs in the gold or the predictions, keys sorted.
     """
+    if limit is not None and limit < 0:
+        raise InputError(f"limit must be >= 0, got {limit}")
     gold_text: dict[str, str] = {}
     gold_spans: set[tuple[str, int, int, str]] = set()
-    for d in gold:
-        if d.id in gold_text:
+    beyond: set[str] = set()  # ids of the gold documents after the first `limit`
+    for n, d in enumerate(gold):
+        if d.id in gold_text or d.id in beyond:
             raise InputError(f"duplicate gold document id {d.id!r}", **_where(gold_path, d))
+        if limit is not None and n >= limit:
+            beyond.add(d.id)
+            continue
         gold_text[d.id] = d.text
         if d.entities:
             i = d.id
@@ -60,6 +70,8 @@ def score(
         if i in seen:
             raise InputError(f"duplicate predicted document id {i!r}", **_where(pred_path, d))
         seen.add(i)
+        if i in beyond:
+            continue
         text = gold_text.get(i)
         if text is None:
             raise InputError(f"predicted document id {i!r} is not in the gold", **_where(pred_path, d))
@@ -90,7 +102,7 @@ def align_by_position(
     gold_path: str | None = None,
     pred_path: str | None = None,
 ) -> list[CorpusDocument]:
-    """Match two CoNLL files by position (item 7, `diziner evaluate` when both inputs are CoNLL).
+    """Match two CoNLL files by position (`diziner evaluate` when both inputs are CoNLL).
 
     Both must hold the same number of sentences with identical token sequences; otherwise InputError naming the
     first differing sentence (1-based) and its lines. Returns the predicted documents renamed to the gold ids, ready

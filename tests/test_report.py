@@ -150,7 +150,10 @@ def test_failed_annotator_and_unscored_document():
     rep2 = annotator_error_report(r, "c")
     assert "| Documents compared | 1 |" in rep2  # d2 is unscored, so not compared
     doc_b = AnnotationBatch.from_documents(
-        [("d1", "Paris is nice", {"a": [(0, 5, "LOC")], "b": [], "c": None}), ("d2", "Oslo", {"a": [], "b": [], "c": []})]
+        [
+            ("d1", "Paris is nice", {"a": [(0, 5, "LOC")], "b": [], "c": None}),
+            ("d2", "Oslo", {"a": [], "b": [], "c": []}),
+        ]
     )
     md = render_markdown(build_report(analyze(doc_b, ALL_HOT)))
     assert "- no output on this document: c" in md
@@ -459,7 +462,10 @@ def test_vectorised_errors_match_oracle(doc_anns):
             got.append((k, fam, ref, pred, int(e.s[i]), int(e.e[i])))
     assert sorted(got) == _oracle_errors(r)
     # the hotspot report keeps exactly the errors overlapping a hotspot
-    hs = [(int(r.table.token_offset[h.doc]) + h.token_start, int(r.table.token_offset[h.doc]) + h.token_end) for h in r.hotspots]
+    hs = [
+        (int(r.table.token_offset[h.doc]) + h.token_start, int(r.table.token_offset[h.doc]) + h.token_end)
+        for h in r.hotspots
+    ]
     inside = [g for g in got if any(a < g[5] and g[4] < b for a, b in hs)]
     rep = build_report(r)
     assert rep.n_errors == len(inside)

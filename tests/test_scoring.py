@@ -1,4 +1,4 @@
-"""Tests for scoring (issue 2, item 5) and `diziner evaluate` (item 7), with seqeval as an independent oracle."""
+"""Tests for scoring (corpus/scoring.py) and `diziner evaluate`, with seqeval as an independent oracle."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2, Entities
 
-from corpus.io import CorpusDocument, read_documents, write_jsonl
+from corpus.io import CorpusDocument, read_documents, write_conll, write_jsonl
 from corpus.scoring import align_by_position, prf, score
 from state.errors import InputError
 
@@ -61,7 +61,10 @@ TEXT2 = "Acme hired Carol"  # Acme 0-4, Carol 11-16
 
 
 def test_hand_worked_micro_and_per_type():
-    gold = [D("d1", TEXT1, [(0, 5, "PER"), (10, 13, "PER"), (17, 22, "LOC")]), D("d2", TEXT2, [(0, 4, "ORG"), (11, 16, "PER")])]
+    gold = [
+        D("d1", TEXT1, [(0, 5, "PER"), (10, 13, "PER"), (17, 22, "LOC")]),
+        D("d2", TEXT2, [(0, 4, "ORG"), (11, 16, "PER")]),
+    ]
     pred = [
         D("d1", TEXT1, [(0, 5, "PER"), (10, 13, "ORG"), (17, 21, "LOC")]),  # 1 tp, retyped Bob, short Paris
         D("d2", TEXT2, [(0, 4, "ORG"), (11, 16, "PER"), (5, 10, "MISC")]),  # 2 tp, 1 fp
@@ -329,6 +332,65 @@ def test_cli_bad_input_exit_2_names_file_stdout_empty(tmp_path):
     unknown.write_text(json.dumps({"id": "nope-1", "text": "x", "entities": []}) + "\n", encoding="utf-8")
     proc = run_cli("--gold", str(gold_path), "--pred", str(unknown), "--json")
     assert (proc.returncode, proc.stdout) == (2, "") and f"{unknown}:1:" in proc.stderr and "'nope-1'" in proc.stderr
+
+
+def test_score_limit_scores_the_first_gold_documents_only():
+    gold = [
+        D("d1", TEXT1, [(0, 5, "PER"), (10, 13, "PER")]),
+        D("d2", TEXT2, [(0, 4, "ORG")]),
+        D("d3", "x", [(0, 1, "X")]),
+    ]
+    pred = [D("d2", TEXT2, [(0, 4, "LOC")]), D("d1", TEXT1, [(0, 5, "PER")]), D("d3", "x", [])]
+    res = score(gold, pred, limit=1)
+    assert res == score(gold[:1], [pred[1]])
+    assert (res["tp"], res["fp"], res["fn"]) == (1, 0, 1) and list(res["per_type"]) == ["PER"]
+    assert score(gold, pred, limit=2) == score(gold[:2], pred[:2])
+    assert score(gold, pred, limit=3) == score(gold, pred) == score(gold, pred, limit=99)
+    # a prediction for a later gold document is ignored, whatever its text; an id unknown to the gold is not
+    assert score(gold, [D("d3", "another text", [(0, 1, "X")])], limit=1) == score(gold[:1], [])
+    with pytest.raises(InputError, match="'zz'"):
+        score(gold, [D("zz", "x")], limit=1)
+    with pytest.raises(InputError, match="duplicate gold document id 'd3'"):
+        score(gold + [D("d3", "x")], [], limit=1)
+
+
+def _cli_json(*args: object) -> dict:
+    proc = run_cli(*map(str, args), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_cli_limit_equals_evaluating_a_sliced_gold(tmp_path):
+    n = 10
+    gold_path, pred_path, _, _ = make_prediction("crossner_music", tmp_path)
+    gold, _ = read_documents(gold_path)
+    pred = align_by_position(gold, read_documents(pred_path)[0])
+    g_slice, p_slice = tmp_path / "gold-slice.conll", tmp_path / "pred-slice.conll"
+    write_conll(g_slice, gold[:n])
+    write_conll(p_slice, pred[:n])
+    want = _cli_json("--gold", g_slice, "--pred", p_slice)
+    assert want["tp"] > 0 and want["fn"] > 0
+    assert want != _cli_json("--gold", gold_path, "--pred", pred_path)  # the slice's figures differ from the whole
+    # CoNLL gold: CoNLL predictions of every sentence or of the first N only, matched by position
+    assert _cli_json("--gold", gold_path, "--pred", pred_path, "--limit", n) == want
+    assert _cli_json("--gold", gold_path, "--pred", p_slice, "--limit", n) == want
+    # CoNLL gold, JSONL predictions matched by id: of every document, or of the first N (`annotate --limit N`)
+    j_all, j_first = tmp_path / "pred.jsonl", tmp_path / "pred-first.jsonl"
+    write_jsonl(j_all, pred)
+    write_jsonl(j_first, pred[:n])
+    assert _cli_json("--gold", gold_path, "--pred", j_all, "--limit", n) == want
+    assert _cli_json("--gold", gold_path, "--pred", j_first, "--limit", n) == want
+    assert _cli_json("--gold", gold_path, "--pred", j_first) != want  # without --limit the rest count as misses
+    # JSONL gold
+    jg_all, jg_slice = tmp_path / "gold.jsonl", tmp_path / "gold-slice.jsonl"
+    write_jsonl(jg_all, gold)
+    write_jsonl(jg_slice, gold[:n])
+    assert _cli_json("--gold", jg_slice, "--pred", j_first) == want
+    assert _cli_json("--gold", jg_all, "--pred", j_all, "--limit", n) == want
+    assert _cli_json("--gold", jg_all, "--pred", j_first, "--limit", n) == want
+    for bad in ("0", "-1", "x"):
+        proc = run_cli("--gold", str(jg_all), "--pred", str(j_all), "--limit", bad)
+        assert proc.returncode == 2 and "positive integer" in proc.stderr and proc.stdout == ""
 
 
 def test_cli_repairs_warn_on_stderr_only(tmp_path):
