@@ -18,8 +18,9 @@ from corpus.io import (
     write_jsonl,
 )
 from state.errors import InputError
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ner"
+DATA = SHARED_DATA
 
 # Every shared file (README of ../shared/data/ner), with the test split's sentence / entity counts from that README.
 SHARED_FILES = (

@@ -26,9 +26,9 @@ from corpus.pilot import (
     tfidf_matrix,
 )
 from state.errors import InputError
+from tests.conftest import require_shared
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "ner"
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 
 
@@ -452,9 +452,7 @@ def test_reproducible_in_a_fresh_process():
 
 
 def test_real_pool_crossner_ai_three_disjoint_reproducible_rounds():
-    root = DATA / "crossner_ai"
-    if not (root / "train.txt").exists():
-        pytest.skip("shared crossner_ai data not available")
+    root = require_shared("crossner_ai")
     texts = read_conll_sentences(root / "train.txt") + read_conll_sentences(root / "dev.txt")
     assert len(texts) > 400
     first = run_rounds(PilotSampler(texts, pilot_size=25, seed=0), 3)

@@ -17,9 +17,10 @@ from seqeval.scheme import IOB2, Entities
 from corpus.io import CorpusDocument, read_documents, write_conll, write_jsonl
 from corpus.scoring import align_by_position, prf, score
 from state.errors import InputError
+from tests.conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "ner"
+DATA = SHARED_DATA
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 
 TEST_SPLITS = {

@@ -10,9 +10,10 @@ from pydantic import ValidationError
 
 from state.errors import InputError
 from state.models import AnnotatorOutput, Document, EntityType, Span, TaskConfiguration, TaskDefinition
+from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ner"
+DATA = SHARED_DATA
 BENCHMARKS = sorted(p.name for p in DATA.iterdir() if p.is_dir())
 
 

@@ -33,11 +33,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import SHARED_DATA, require_shared
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DIZINER_SHARED", REPO.parent / "shared"))
-DEV_TXT = SHARED / "data" / "ner" / "crossner_ai" / "dev.txt"
+DEV_TXT = SHARED_DATA / "crossner_ai" / "dev.txt"
 TASK_FILE = REPO / "tasks" / "crossner_ai.yaml"
 
 OFFLINE_ENV = {
@@ -208,8 +209,7 @@ def dev_server() -> Iterator[DevServer]:
 
 def crossner_sentences(n: int = 8, min_tokens: int = 6, max_tokens: int = 18) -> list[dict[str, str]]:
     """The first `n` short sentences of CrossNER AI dev (CoNLL: one token per line, blank line between)."""
-    if not DEV_TXT.exists():
-        pytest.skip(f"shared benchmark not found: {DEV_TXT}")
+    require_shared("crossner_ai", "dev.txt")
     docs, tokens = [], []
     for line in [*DEV_TXT.read_text(encoding="utf-8").splitlines(), ""]:
         if line.strip():
