@@ -1,4 +1,4 @@
-"""Corpus I/O (issue 2, item 3): JSONL documents and CoNLL-style two-column files.
+"""Corpus I/O (docs/method.md, "Documents"): JSONL documents and CoNLL-style two-column files.
 
 Documents are `CorpusDocument` dataclasses (plain stdlib; no Pydantic, LangGraph or LangChain here, so that `diziner
 evaluate` and `diziner analyze` stay cheap to start):
@@ -49,7 +49,7 @@ _DOCSTART = "-DOCSTART-"
 
 @dataclass(slots=True)
 class CorpusDocument:
-    """One document (item 3). See the module docstring for the meaning of each field."""
+    """One document. See the module docstring for the meaning of each field."""
 
     id: str
     text: str
@@ -61,7 +61,7 @@ class CorpusDocument:
 
 @dataclass(slots=True)
 class ReadStats:
-    """What `read_documents` found besides the documents (item 3: repairs are counted and reported).
+    """What `read_documents` found besides the documents (repairs are counted and reported).
 
     - ``format``: ``"jsonl"`` or ``"conll"`` (detected from content).
     - ``repairs`` / ``repair_lines``: CoNLL ``I-X`` tags that did not continue an X span and so started one
@@ -164,7 +164,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 
 def read_documents(path: str | os.PathLike) -> tuple[list[CorpusDocument], ReadStats]:
-    """Read a JSONL or CoNLL file, the format detected from content (item 3).
+    """Read a JSONL or CoNLL file, the format detected from content.
 
     The first non-blank line starting with ``{`` (after leading whitespace) means JSONL, anything else CoNLL, whatever
     the file's extension. An empty file is CoNLL with no documents. Duplicate ids are an error.
@@ -185,7 +185,7 @@ def read_documents(path: str | os.PathLike) -> tuple[list[CorpusDocument], ReadS
 
 
 def _parse_jsonl(objects: Iterable[tuple[int, dict]], path: str) -> list[CorpusDocument]:
-    """JSONL (item 3): the documents of `iter_jsonl`'s objects (one per non-blank line).
+    """JSONL: the documents of `iter_jsonl`'s objects (one per non-blank line).
 
     Checks: ``id`` a non-empty string, unique in the file; ``text`` a string;
     ``entities`` (optional, ``null`` allowed = unlabelled) a list of objects with int ``start``/``end`` (not bool),
@@ -256,7 +256,7 @@ def _parse_jsonl(objects: Iterable[tuple[int, dict]], path: str) -> list[CorpusD
 
 
 def _parse_conll(lines: Iterable[tuple[int, str]], path: str) -> tuple[list[CorpusDocument], ReadStats]:
-    """CoNLL (item 3), one ``token<TAB>tag`` per line.
+    """CoNLL, one ``token<TAB>tag`` per line.
 
     Each line is split at its last tab, or, without a tab, at its last run of spaces; the token is kept verbatim
     (it may be empty or contain spaces/tabs). Runs of blank (empty or whitespace-only) lines separate sentences;
@@ -346,7 +346,7 @@ _UMASK = _current_umask()  # read once at import: os.umask is process-wide, so n
 
 
 def atomic_write(path: str | os.PathLike, content: str) -> None:
-    """Write UTF-8 text atomically: a temp file in the same directory, then os.replace (item 3).
+    """Write UTF-8 text atomically: a temp file in the same directory, then os.replace.
 
     An existing file keeps its permission bits, a new one gets the usual 0o666 & ~umask. Failure to write (missing
     directory, no permission) is an InputError naming the file; the temp file is removed and the target untouched.
@@ -379,7 +379,7 @@ def atomic_write(path: str | os.PathLike, content: str) -> None:
 
 
 def write_jsonl(path: str | os.PathLike, docs: Iterable[CorpusDocument]) -> None:
-    """Write documents as JSONL (item 3): keys ``id``, ``text``, ``entities`` (omitted when None), ``tokens`` (when
+    """Write documents as JSONL: keys ``id``, ``text``, ``entities`` (omitted when None), ``tokens`` (when
     present), then the kept extra keys in their input order; ``ensure_ascii=False``; one line per document."""
     dumps = json.dumps
     out = []
@@ -398,7 +398,7 @@ def write_jsonl(path: str | os.PathLike, docs: Iterable[CorpusDocument]) -> None
 
 
 def conll_tags(doc: CorpusDocument, *, path: str | None = None) -> list[str]:
-    """IOB2 tags of ``doc.tokens`` derived from ``doc.entities`` (item 3, writing side).
+    """IOB2 tags of ``doc.tokens`` derived from ``doc.entities`` (the writing side).
 
     A span maps to the tokens from the one starting at its start to the one ending at its end; a span that does not
     fall on token boundaries covers every token it overlaps (an empty token only when strictly inside). A span covering
@@ -446,7 +446,7 @@ def conll_tags(doc: CorpusDocument, *, path: str | None = None) -> list[str]:
 
 
 def write_conll(path: str | os.PathLike, docs: Iterable[CorpusDocument]) -> None:
-    """Write documents as CoNLL (item 3): ``token<TAB>tag`` lines, one blank line after each sentence.
+    """Write documents as CoNLL: ``token<TAB>tag`` lines, one blank line after each sentence.
 
     Documents must carry ``tokens``; tags are derived from the entity spans (`conll_tags`). A document with no tokens
     has no sentence to write and is left out. A token containing a line break, or one that would read back as a

@@ -16,7 +16,7 @@ __all__ = ["score", "prf", "align_by_position"]
 
 
 def prf(tp: int, fp: int, fn: int) -> dict:
-    """One row of the result (item 5): P = 0 with no predictions, R = 0 with no gold, F1 = 0 when P + R = 0."""
+    """One row of the result: P = 0 with no predictions, R = 0 with no gold, F1 = 0 when P + R = 0."""
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0

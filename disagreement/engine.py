@@ -1,4 +1,4 @@
-"""The deterministic disagreement engine (issue 2, item 6; DIZINER.md sections 6-10).
+"""The deterministic disagreement engine (docs/method.md, "Agreement and weights" to "Hotspot kinds").
 
 Pure numpy, float64, vectorised over tokens: it knows nothing of LLMs or LangGraph. Input is an
 `AnnotationBatch` (flat span arrays); output a `DisagreementResult` that the JSON writer, the report
@@ -28,11 +28,11 @@ HOTSPOT_KINDS = ("complex", "elite_split", "systematic_bias", "minor")
 
 @dataclass(frozen=True)
 class EngineParams:
-    percentile: float = 80.0  # hotspot threshold: percentile of the combined score (section 9.4)
-    coalition_cutoff: float = 0.5  # elite = shortest top-weight prefix reaching this mass (section 8)
-    weight_floor: float = 0.1  # w_k = max(floor, mean pairwise F1) before normalising (section 6.1)
-    tv_percentile: float = 90.0  # systematic-bias threshold on elite-vs-rest total variation (section 10)
-    elite_internal_percentile: float = 90.0  # elite-split threshold on elite-internal impurity (section 10)
+    percentile: float = 80.0  # hotspot threshold: percentile of the combined score ("Hot tokens")
+    coalition_cutoff: float = 0.5  # elite = shortest top-weight prefix reaching this mass ("Elite")
+    weight_floor: float = 0.1  # w_k = max(floor, mean pairwise F1) before normalising ("Agreement and weights")
+    tv_percentile: float = 90.0  # systematic-bias threshold on elite-vs-rest total variation ("Hotspot kinds")
+    elite_internal_percentile: float = 90.0  # elite-split threshold on elite-internal impurity ("Hotspot kinds")
 
     def __post_init__(self) -> None:
         for name in ("percentile", "tv_percentile", "elite_internal_percentile"):
@@ -131,7 +131,7 @@ class HotspotRun:
     token_end: int  # exclusive
     start: int  # character offsets in the document's text
     end: int
-    kind: str  # one of HOTSPOT_KINDS (section 10)
+    kind: str  # one of HOTSPOT_KINDS ("Hotspot kinds")
     mean_combined: float
     max_tv_between: float
     max_elite_internal: float
@@ -185,7 +185,7 @@ def analyze(batch: AnnotationBatch, params: EngineParams | None = None) -> Disag
     """Run the whole deterministic analysis of one round."""
     params = params or EngineParams()
     n_docs = len(batch.doc_ids)
-    # --- annotators that failed everywhere are left out (issue 2, item 6)
+    # --- annotators that failed everywhere are left out ("Agreement and weights")
     ever = batch.succeeded.any(axis=0) if n_docs else np.zeros(len(batch.annotators), dtype=bool)
     model_index = np.flatnonzero(ever)
     models = [batch.annotators[i] for i in model_index]
@@ -216,7 +216,7 @@ def analyze(batch: AnnotationBatch, params: EngineParams | None = None) -> Disag
     elite_idx = elite_members(models, weights, params.coalition_cutoff)
     elite = [models[i] for i in elite_idx]
 
-    # --- tokens and each annotator's IOB2 labels (issue 2, item 4)
+    # --- tokens and each annotator's IOB2 labels ("Tokens and IOB2")
     table = tokenize_many(batch.texts)
     proj = label_tokens(table, K, sk, sd, ss, se, st)
     labels = proj.labels
@@ -247,7 +247,7 @@ def analyze(batch: AnnotationBatch, params: EngineParams | None = None) -> Disag
         out["conflict"][a:b], out["type"][a:b], out["boundary"][a:b] = conf, typ, bnd
         out["combined"][a:b] = np.maximum(np.maximum(conf, typ), bnd)
         consensus[a:b] = consensus_vote(p)
-        # coalition diagnostics (section 9.3)
+        # coalition diagnostics ("Hotspot kinds")
         pc = _distribution(lab, w_elite[docs], T)
         pr = _distribution(lab, w_rest[docs], T)
         both = (n_elite[docs] > 0) & (n_rest[docs] > 0)
@@ -374,7 +374,7 @@ def _distribution(labels: np.ndarray, w: np.ndarray, n_types: int) -> np.ndarray
 
 
 def token_scores(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label conflict, type confusion and boundary uncertainty from label distributions (section 9.2)."""
+    """Label conflict, type confusion and boundary uncertainty from label distributions ("Disagreement scores")."""
     conflict = 1.0 - (p * p).sum(axis=1)
     qB = p[:, 1::2].sum(axis=1)
     qI = p[:, 2::2].sum(axis=1)
@@ -432,7 +432,7 @@ def _hotspots(
     starts, ends = token_runs(filled, tok_doc)
     if starts.size == 0:
         return []
-    # typing (section 10): any token of the run over its P90 threshold (and > 1e-9)
+    # typing ("Hotspot kinds"): any token of the run over its P90 threshold (and > 1e-9)
     sys_tok = (s["tv"] >= tv_thr) & (s["tv"] > HOT_EPS) if tv_thr is not None else np.zeros(n, bool)
     split_tok = (s["ei"] >= ei_thr) & (s["ei"] > HOT_EPS) if ei_thr is not None else np.zeros(n, bool)
     cum_sys = np.concatenate([[0], np.cumsum(sys_tok)])

@@ -1,4 +1,4 @@
-"""Tests for corpus I/O (issue 2, item 3): JSONL and CoNLL parsing, errors, detection, writing, round trips."""
+"""Tests for corpus I/O (corpus/io.py): JSONL and CoNLL parsing, errors, detection, writing, round trips."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ DATA = SHARED_DATA
 
 # Every shared file (README of ../shared/data/ner), with the test split's sentence / entity counts from that README.
 SHARED_FILES = (
-    [f"crossner_{d}/{s}.txt" for d in ("ai", "literature", "music", "politics", "science") for s in ("train", "dev", "test")]
+    [
+        f"crossner_{d}/{s}.txt"
+        for d in ("ai", "literature", "music", "politics", "science")
+        for s in ("train", "dev", "test")
+    ]
     + [f"{d}/{s}.tsv" for d in ("anatem", "bc2gm", "ncbi_disease") for s in ("dev", "test")]
     + [f"{d}/{s}.conll" for d in ("wnut17", "broad_twitter") for s in ("dev", "test")]
 )
@@ -111,7 +115,10 @@ def test_jsonl_error_line_counts_blank_lines(tmp_path):
         ({"id": "a", "text": "abc", "entities": [{"end": 1, "type": "X"}]}, 'missing key "start"'),
         ({"id": "a", "text": "abc", "entities": [{"start": 0, "type": "X"}]}, 'missing key "end"'),
         ({"id": "a", "text": "abc", "entities": [{"start": 0, "end": 1}]}, 'missing key "type"'),
-        ({"id": "a", "text": "abc", "entities": [{"start": True, "end": 1, "type": "X"}]}, '"start" must be an integer'),
+        (
+            {"id": "a", "text": "abc", "entities": [{"start": True, "end": 1, "type": "X"}]},
+            '"start" must be an integer',
+        ),
         ({"id": "a", "text": "abc", "entities": [{"start": 0, "end": True, "type": "X"}]}, '"end" must be an integer'),
         ({"id": "a", "text": "abc", "entities": [{"start": 0.0, "end": 1, "type": "X"}]}, '"start" must be an integer'),
         ({"id": "a", "text": "abc", "entities": [{"start": 0, "end": "2", "type": "X"}]}, '"end" must be an integer'),
@@ -122,7 +129,11 @@ def test_jsonl_error_line_counts_blank_lines(tmp_path):
         ({"id": "a", "text": "abc", "entities": [{"start": 0, "end": 1, "type": ""}]}, '"type" must be a non-empty'),
         ({"id": "a", "text": "abc", "entities": [{"start": 0, "end": 1, "type": 7}]}, '"type" must be a non-empty'),
         (
-            {"id": "a", "text": "abc", "entities": [{"start": 0, "end": 1, "type": "X"}, {"start": 0, "end": 9, "type": "X"}]},
+            {
+                "id": "a",
+                "text": "abc",
+                "entities": [{"start": 0, "end": 1, "type": "X"}, {"start": 0, "end": 9, "type": "X"}],
+            },
             "entity 1",
         ),
     ],
@@ -135,7 +146,8 @@ def test_jsonl_validation_errors_name_file_and_line(tmp_path, obj, fragment):
 
 def test_jsonl_text_offsets_are_code_points(tmp_path):
     text = "é😀 Zürich"
-    p = write(tmp_path, "u.jsonl", json.dumps({"id": "u", "text": text, "entities": [{"start": 3, "end": 9, "type": "LOC"}]}))
+    line = json.dumps({"id": "u", "text": text, "entities": [{"start": 3, "end": 9, "type": "LOC"}]})
+    p = write(tmp_path, "u.jsonl", line)
     docs, _ = read_documents(p)
     s, e, _t = docs[0].entities[0]
     assert text[s:e] == "Zürich"

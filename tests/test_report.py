@@ -325,7 +325,7 @@ def test_code_span_fences():
 
 
 # ------------------------------------------------------------------------------------------------------
-# per-annotator error reports (section 11.4), counted by hand
+# per-annotator error reports (docs/method.md, "Annotator error reports"), counted by hand
 
 
 def test_annotator_error_report_counts():
