@@ -11,6 +11,7 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the options of `diziner analyze`."""
     p.add_argument(
         "annotations", metavar="ANNOTATIONS", help="JSONL: {id, text, annotations: {annotator: [spans] | null}}"
     )
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Read, analyse, print the Markdown report or the JSON. InputError propagates to cli.main (exit 2)."""
     # Millions of small objects and no cycles: the cyclic GC would only cost time here.
     """Analyse an annotations file and print the Markdown report or the JSON figures."""
     gc.disable()

@@ -39,6 +39,7 @@ class EntityErrors:
 
     @classmethod
     def concat(cls, parts: list["EntityErrors"]) -> "EntityErrors":
+        """The rows of every part, in order."""
         if not parts:
             z = np.zeros(0, dtype=np.int64)
             return cls(z, z, z, z, z, z)
@@ -152,6 +153,7 @@ class ConsensusComparison:
 
     # --- text of the examples shown (per example only)
     def doc_chars(self, d: int, g0: int, g1: int) -> tuple[int, int]:
+        """Document d's character extent [start, end) of global tokens [g0, g1)."""
         off = int(self.table.char_offset[d])
         return int(self.table.starts[g0]) - off, int(self.table.ends[g1 - 1]) - off
 
