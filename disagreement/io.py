@@ -142,19 +142,15 @@ def _explain_span_error(path: str, lineno: int, doc_id: str, name: str, spans: l
 def result_to_json(result: DisagreementResult, token_scores: bool = False) -> dict[str, Any]:
     """The `diziner analyze --json` object; floats unrounded."""
     batch = result.batch
-    table = result.table
-    by_doc: list[list[dict[str, int]]] = [[] for _ in batch.doc_ids]
-    for h in result.hotspots:
-        by_doc[h.doc].append({"start": h.start, "end": h.end, "token_start": h.token_start, "token_end": h.token_end})
+    by_doc: dict[str, list[dict[str, int]]] = {doc_id: [] for doc_id in batch.doc_ids}
+    for h in hotspot_records(result):
+        by_doc[h["document_id"]].append({k: h[k] for k in ("start", "end", "token_start", "token_end")})
+    consensus = consensus_records(result)
     documents = []
     scored = result.scored.tolist()
-    offsets = table.token_offset.tolist()
+    offsets = result.table.token_offset.tolist()
     for d, doc_id in enumerate(batch.doc_ids):
-        entry: dict[str, Any] = {
-            "id": doc_id,
-            "consensus": [{"start": s, "end": e, "type": t} for s, e, t in result.consensus_spans[d]],
-            "hotspots": by_doc[d],
-        }
+        entry: dict[str, Any] = {"id": doc_id, "consensus": consensus[doc_id], "hotspots": by_doc[doc_id]}
         if token_scores:
             if scored[d]:
                 a, b = offsets[d], offsets[d + 1]
@@ -190,8 +186,15 @@ def hotspot_records(result: DisagreementResult) -> list[dict[str, Any]]:
     """Every hotspot as {document_id, start, end, token_start, token_end, kind, text}, in the engine's order."""
     ids, texts = result.batch.doc_ids, result.batch.texts
     return [
-        {"document_id": ids[h.doc], "start": h.start, "end": h.end, "token_start": h.token_start,
-         "token_end": h.token_end, "kind": h.kind, "text": texts[h.doc][h.start:h.end]}
+        {
+            "document_id": ids[h.doc],
+            "start": h.start,
+            "end": h.end,
+            "token_start": h.token_start,
+            "token_end": h.token_end,
+            "kind": h.kind,
+            "text": texts[h.doc][h.start : h.end],
+        }
         for h in result.hotspots
     ]
 
