@@ -1,4 +1,4 @@
-"""The annotator agent: one model labels one document under its configuration Θ_k (DIZINER.md sections 3-4).
+"""The annotator agent: one model labels one document under its configuration Θ_k (docs/method.md#annotator-prompt-and-call).
 
 Structured output whose entity type is an enum of the task's types, then grounding of each entity string onto
 the text (model offsets are never trusted). A failure is recorded with its reason, never as "no entities".
@@ -10,14 +10,14 @@ import asyncio
 import enum
 import logging
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agents.guideline import render_instructions, render_types
-from agents.models import ModelSpec
-from agents.structured import fits_context, invoke_structured
+from agents.models import ModelSpec, named_chat_model
+from agents.structured import fits_context, invoke_structured, trace_config
 from corpus.tokens import ground
 from prompts import fence, render
 from state.graph_state import TokenUsage
@@ -26,19 +26,14 @@ from state.models import AnnotatorOutput, Document, Span, TaskConfiguration
 log = logging.getLogger(__name__)
 
 
-EMBEDDED_MAX_ENTITIES = 8  # the tiny models repeat entities until their token cap unless the grammar stops them
-EMBEDDED_MAX_ENTITY_CHARS = 120  # above every gold entity in the shared benchmarks (longest: 107 characters)
-
-
 @lru_cache(maxsize=64)
 def entity_schema(types: tuple[str, ...], max_entities: int | None = None, max_chars: int | None = None) -> type[BaseModel]:
     """`{"entities": [{"text": str, "type": <enum of the task's types>}]}` as a Pydantic model.
 
     Closed (``additionalProperties: false``): a grammar built from an open schema lets a small model invent keys
     and run on until its token cap. `entities` is required, so an answer without it (a bare ``{}``) is a failure,
-    never "no entities". For grammar-constrained decoding the entity count and the text length can be bounded:
-    with the embedded models' frequency penalty both bounds end their answers (measured on 26 prompts, 20 of them
-    Broad Twitter tweets: no answer cut at the cap with both bounds, one without the text bound)."""
+    never "no entities". Grammar-constrained small models get the entity count and text length bounded (their
+    profile; docs/embedded-models.md)."""
     closed = ConfigDict(extra="forbid")
     type_enum = enum.Enum("EntityTypeName", [(t, t) for t in types], type=str)
     entity = create_model(
@@ -55,13 +50,12 @@ def entity_schema(types: tuple[str, ...], max_entities: int | None = None, max_c
 
 
 def schema_for(spec: ModelSpec, types: tuple[str, ...]) -> type[BaseModel]:
-    """The annotator's output schema: bounded for the embedded models, open-ended for real ones."""
-    if spec.provider == "embedded":
-        return entity_schema(types, EMBEDDED_MAX_ENTITIES, EMBEDDED_MAX_ENTITY_CHARS)
-    return entity_schema(types)
+    """The annotator's output schema, bounded as the model's profile says."""
+    return entity_schema(types, spec.profile.max_entities, spec.profile.max_entity_chars)
 
 
 def annotator_prompt(configuration: TaskConfiguration, text: str, round_: int, annotator: str, with_examples: bool = True) -> str:
+    """The annotator's prompt for one document under Θ_k (prompts/annotator.md), the document fenced."""
     types = configuration.schema_
     if not with_examples:
         types = [t.model_copy(update={"positive_examples": [], "negative_examples": []}) for t in types]
@@ -141,3 +135,29 @@ async def annotate_documents(
     for _, u in results:
         total = total.add(u)
     return [o for o, _ in results], total
+
+
+async def run_annotator(
+    factory: Callable[[ModelSpec], BaseChatModel],
+    spec: ModelSpec,
+    configuration: TaskConfiguration,
+    documents: list[Document],
+    round_: int,
+    *,
+    phase: str = "annotate",
+    on_start: Callable[[Document], None] | None = None,
+) -> tuple[list[AnnotatorOutput], TokenUsage]:
+    """One annotator on many documents, as the graph's `annotate` node and `diziner annotate` both run it: the model
+    built off the event loop and named after its spec, every call traced with round, annotator, document and phase.
+    A model that cannot be built (a missing key) raises InputError."""
+    model = await named_chat_model(factory, spec)
+    tags = ["annotator", spec.name] + ([phase] if phase != "annotate" else [])
+
+    def config_for(doc: Document) -> dict[str, Any]:
+        if on_start is not None:
+            on_start(doc)
+        return trace_config(
+            f"annotate {doc.id}", tags, round=round_, annotator=spec.name, document=doc.id, phase=phase
+        )
+
+    return await annotate_documents(model, spec, configuration, documents, round_, config_for)

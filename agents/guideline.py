@@ -16,6 +16,7 @@ PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
 
 
 def render_types(types: Iterable[EntityType]) -> str:
+    """The entity schema as the prompts show it: name, definition, positive and negative examples."""
     lines = []
     for t in types:
         lines.append(f"- {t.name}: {t.definition.strip()}")
@@ -51,6 +52,7 @@ def configuration_for(task: TaskDefinition, guideline: Guideline, annotator: str
 
 
 def renumber(items: list[Instruction], prefix: str = "") -> list[Instruction]:
+    """The same instructions numbered 1, 2, ... (sub-instructions 1.1, 1.2, ...) under `prefix`."""
     out = []
     for i, item in enumerate(items, 1):
         number = f"{prefix}{i}"
@@ -91,6 +93,7 @@ def enforce_caps(
 
 
 def guideline_words(g: Guideline) -> list[str]:
+    """A guideline's words (goal, common, then per-annotator instructions by name), for the change ratio."""
     parts = [g.goal, render_instructions(g.common)]
     for name in sorted(g.per_annotator):
         parts.append(name)

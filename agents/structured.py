@@ -12,7 +12,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, ValidationError
 
-from agents.models import ModelSpec, structured_output_method
+from agents.models import ModelSpec
 from state.graph_state import TokenUsage
 
 _ANSWER_ERRORS = ("LengthFinishReasonError", "ContentFilterFinishReasonError")
@@ -26,8 +26,14 @@ def fits_context(spec: ModelSpec, prompt: str) -> bool:
     return len(prompt) / CHARS_PER_TOKEN <= spec.context_window - (spec.max_tokens or 0)
 
 
+def trace_config(run_name: str, tags: list[str], **metadata: Any) -> dict[str, Any]:
+    """The call's run name, tags and metadata (round, annotator, phase), so a LangSmith trace reads like the method."""
+    return {"run_name": run_name, "tags": tags, "metadata": metadata}
+
+
 @dataclass
 class StructuredAnswer:
+    """One structured call's outcome: the parsed answer or why it failed, with the tokens every attempt used."""
     parsed: BaseModel | None  # None: every attempt failed, see `reason`
     usage: TokenUsage
     reason: str  # why the last attempt failed ("" on success)
@@ -36,6 +42,7 @@ class StructuredAnswer:
 
 
 def usage_of(message: Any) -> TokenUsage:
+    """The token usage a LangChain message reports (zeros where the server gave none)."""
     meta = getattr(message, "usage_metadata", None) or {}
     return TokenUsage(input_tokens=int(meta.get("input_tokens", 0)), output_tokens=int(meta.get("output_tokens", 0)), calls=1)
 
@@ -60,11 +67,6 @@ def is_answer_error(exc: BaseException) -> bool:
     return isinstance(exc, (OutputParserException, ValidationError, ValueError)) or type(exc).__name__ in _ANSWER_ERRORS
 
 
-def deterministic(spec: ModelSpec) -> bool:
-    """An embedded model at temperature 0 gives the same answer to the same prompt (one slot, no prompt cache)."""
-    return spec.provider == "embedded" and spec.temperature == 0
-
-
 async def invoke_structured(
     model: BaseChatModel,
     spec: ModelSpec,
@@ -75,8 +77,10 @@ async def invoke_structured(
 ) -> StructuredAnswer:
     """Ask for `schema`; retry a failed call up to `attempts - 1` times.
 
-    An unusable answer from a deterministic model is not retried: the same prompt would give the same answer."""
-    runnable = model.with_structured_output(schema, method=structured_output_method(spec), include_raw=True)
+    ``json_schema`` for every model: OpenAI-compatible servers take it as structured output (llama.cpp turns it into
+    a grammar), ChatOllama passes it as Ollama's ``format``. An unusable answer from a deterministic model is not
+    retried: the same prompt would give the same answer."""
+    runnable = model.with_structured_output(schema, method="json_schema", include_raw=True)
     usage, reason, raw_text, made = TokenUsage(), "no attempt made", None, 0
     for made in range(1, attempts + 1):
         try:
@@ -89,7 +93,7 @@ async def invoke_structured(
             if completion is not None:
                 usage = usage.add(_completion_usage(completion))
                 raw_text = _completion_text(completion) or raw_text
-            if deterministic(spec) and is_answer_error(exc):
+            if spec.deterministic and is_answer_error(exc):
                 break
             continue
         raw = result.get("raw")
@@ -100,6 +104,6 @@ async def invoke_structured(
             return StructuredAnswer(result["parsed"], usage, "", raw_text, made)
         err = result.get("parsing_error")
         reason = f"unparseable answer: {err}"[:500] if err else "empty answer"
-        if deterministic(spec):
+        if spec.deterministic:
             break
     return StructuredAnswer(None, usage, f"after {made} attempt{'s' if made != 1 else ''}: {reason}", raw_text, made)

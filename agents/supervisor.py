@@ -1,4 +1,4 @@
-"""The supervisor's four phases (DIZINER.md section 12), each an LLM call with its own Pydantic output schema.
+"""The supervisor's four phases (docs/method.md#the-supervisor), each an LLM call with its own Pydantic output schema.
 
 Phase 1 finds disagreement patterns, phase 2 diagnoses one annotator, phase 3 writes concrete instructions and
 may sharpen the goal, phase 4 organises one numbered guideline. Caps are enforced afterwards in code
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Annotated, Any, Callable, Literal
+from typing import Any, Callable
 
 from langchain_core.language_models import BaseChatModel
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel
 
 from agents.guideline import render_instructions, render_types
 from agents.models import ModelSpec
@@ -22,95 +20,27 @@ from agents.structured import fits_context, invoke_structured
 from prompts import render
 from state.graph_state import Guideline, TokenUsage
 from state.models import EntityType, Instruction, InstructionExample
+from state.phases import Integration, PhaseSchemas, SupervisorPhase, phase_schemas
 
 log = logging.getLogger(__name__)
-Priority = Literal["high", "medium", "low"]
 
 
-# ---------------------------------------------------------------- phase output schemas
-#
-# Every list and string is bounded. With grammar-constrained decoding (llama.cpp, Ollama) the bounds are what
-# stops a small model that would otherwise repeat items until its token cap; real models get generous bounds.
-
-
-@dataclass(frozen=True)
-class PhaseSchemas:
-    PatternAnalysis: type[BaseModel]
-    AnnotatorDiagnosis: type[BaseModel]
-    Integration: type[BaseModel]
-    Organization: type[BaseModel]
-
-
-GENEROUS = (12, 2000, 2)  # (items per list, characters per string, examples per instruction: 1-2, DIZINER.md 12.4)
-COMPACT = (2, 60, 1)  # SmolLM2 fills every bound: the largest phase-4 answer must fit its 1024-token cap
-
-
-@lru_cache(maxsize=8)
-def phase_schemas(max_items: int, max_chars: int, max_examples: int) -> PhaseSchemas:
-    """The four phases' output models with lists of at most `max_items` (`max_examples` for an instruction's
-    examples) and strings of at most `max_chars`."""
-
-    def text(default: str | None = None, description: str = "") -> Any:
-        kind = Annotated[str, Field(max_length=max_chars, description=description)]
-        return (kind, default) if default is not None else (kind, ...)
-
-    def items(model: Any, description: str = "", at_most: int = max_items) -> Any:
-        return (list[model], Field(default_factory=list, max_length=at_most, description=description))
-
-    closed = ConfigDict(extra="forbid")  # additionalProperties: false, so a grammar admits no invented keys
-    names = Annotated[str, Field(max_length=80)]
-    prio = (Priority, "medium")
-
-    def model(title: str, /, **fields: Any) -> type[BaseModel]:
-        return create_model(title, __config__=closed, **fields)
-
-    example = model("InstructionExample", text=text(), correct_annotation=text(), explanation=text(""))
-    approach = model("Approach", approach=text(), rationale=text(""), annotators=items(names, "annotators holding it"))
-    pattern = model(
-        "Pattern", name=text(), root_cause=text(""), entity_types=items(names), covered_by_guideline=(bool, False),
-        approaches=items(approach),
-    )
-    principle = model("Principle", text=text(), addresses=items(names, "pattern names"), priority=prio)
-    need = model("Need", text=text(), priority=prio)
-    draft = model("DraftInstruction", text=text(), priority=prio, examples=items(example, "1-2 worked examples", max_examples))
-    per_annotator = model("AnnotatorInstructions", annotator=(names, ...), instructions=items(draft))
-    resolution = model("Resolution", conflict=text(), chosen_approach=text(), rationale=text(""))
-    organized = create_model("OrganizedInstruction", __base__=draft, sub_instructions=items(draft))  # closed, as its base
-    return PhaseSchemas(
-        PatternAnalysis=model(
-            "PatternAnalysis", summary=text(""), patterns=items(pattern), principles=items(principle),
-            goal_questions=items(names),
-        ),
-        AnnotatorDiagnosis=model(
-            "AnnotatorDiagnosis", tendencies=items(names), strengths=items(names), deviation=text(""), needs=items(need)
-        ),
-        Integration=model(
-            "Integration",
-            goal=(
-                Annotated[str, Field(max_length=max(max_chars, 4000))],
-                Field(default="", description="the whole goal with the sharpened sections rewritten, or empty"),
-            ),
-            goal_changed=(bool, False),
-            resolutions=items(resolution),
-            common=items(draft),
-            per_annotator=items(per_annotator),
-        ),
-        Organization=model(
-            "Organization", common=items(organized), per_annotator=items(per_annotator),
-            retired=items(names, "dropped instructions and why"),
-        ),
-    )
+def schema_for(spec: ModelSpec, phase: SupervisorPhase) -> type[BaseModel]:
+    """The output schema of `phase` for this model."""
+    return schemas_for(spec).of(phase)
 
 
 def schemas_for(spec: ModelSpec) -> PhaseSchemas:
-    """Tight bounds for the tiny embedded models, generous ones for real models."""
-    return phase_schemas(*(COMPACT if spec.provider == "embedded" else GENEROUS))
+    """The phase schemas bounded as the model's profile says (tight for small models, generous otherwise)."""
+    p = spec.profile
+    return phase_schemas(p.phase_items, p.phase_chars, p.phase_examples)
 
 
 # ---------------------------------------------------------------- prompts
 
 
 def common_context(schema: list[EntityType], goal: str, guideline: Guideline | None, annotators: dict[str, str]) -> str:
+    """The part every supervisor phase prompt shares: schema, goal, guideline in force, annotators' roles."""
     if guideline is None or not (guideline.common or guideline.per_annotator):
         in_force = "(none yet)"
     else:
@@ -122,11 +52,8 @@ def common_context(schema: list[EntityType], goal: str, guideline: Guideline | N
     return render("supervisor_common", schema=render_types(schema), goal=goal.strip(), guideline=in_force, annotators=who)
 
 
-def render_phase(template_name: str, **values: Any) -> str:
-    return render(template_name, **values)
-
-
 def as_json(obj: Any) -> str:
+    """A phase answer (or a mapping of them) as the indented JSON a later phase's prompt quotes."""
     if isinstance(obj, BaseModel):
         obj = obj.model_dump(mode="json")
     return json.dumps(obj, ensure_ascii=False, indent=1)
@@ -166,14 +93,14 @@ async def call_phase(
 
 
 MIN_GOAL_KEPT = 0.5
-"""A sharpened goal rewrites sections where needed (DIZINER.md 12.4); one shorter than half the goal in force has
+"""A sharpened goal rewrites sections where needed (docs/method.md#phase-3-instructions-and-goal); one shorter than half the goal in force has
 dropped sections, and is refused."""
 
 
-def sharpened_goal(current: str, integration: dict[str, Any]) -> tuple[str, str | None]:
+def sharpened_goal(current: str, integration: Integration) -> tuple[str, str | None]:
     """The goal for the next round from phase 3's output, and why a proposed goal was refused (or None)."""
-    proposed = (integration.get("goal") or "").strip()
-    if not integration.get("goal_changed") or not proposed or proposed == current.strip():
+    proposed = (integration.goal or "").strip()
+    if not integration.goal_changed or not proposed or proposed == current.strip():
         return current, None
     if len(proposed) < MIN_GOAL_KEPT * len(current.strip()):
         return current, (
@@ -188,6 +115,7 @@ def _examples(items: Any) -> list[InstructionExample]:
 
 
 def drafts_to_instructions(drafts: Any) -> list[Instruction]:
+    """A phase answer's draft instructions as numbered guideline instructions (empty texts dropped)."""
     out = []
     for i, d in enumerate(drafts, 1):
         subs = [
@@ -201,6 +129,7 @@ def drafts_to_instructions(drafts: Any) -> list[Instruction]:
 
 
 def organization_to_guideline(org: Any, goal: str) -> Guideline:
+    """Phase 4's answer as the guideline in force: numbered common and per-annotator instructions, and the goal."""
     per: dict[str, list[Instruction]] = {}
     for block in org.per_annotator:
         per.setdefault(block.annotator, []).extend(drafts_to_instructions(block.instructions))

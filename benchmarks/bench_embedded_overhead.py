@@ -33,9 +33,8 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents import embedded  # noqa: E402
 from agents.annotator import schema_for  # noqa: E402
-from agents.models import EMBEDDED_MAX_TOKENS, chat_model, parse_model_spec, structured_output_method  # noqa: E402
+from agents.models import SMALL_PROFILE, chat_model, embedded, parse_model_spec  # noqa: E402
 
 SENTENCES = (
     "Angela Merkel met Emmanuel Macron in Paris on Tuesday.",
@@ -61,9 +60,8 @@ TYPES = ("PER", "ORG", "LOC")
 
 
 def messages_for(spec: Any, sentence: str) -> list[dict[str, str]]:
-    if embedded.merges_system_prompt(spec):
-        return [{"role": "user", "content": f"{INSTRUCTIONS}\n\nText: {sentence}"}]
-    return [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": f"Text: {sentence}"}]
+    """One user turn, as every prompt of the product is."""
+    return [{"role": "user", "content": f"{INSTRUCTIONS}\n\nText: {sentence}"}]
 
 
 def response_format(Entities: type[BaseModel]) -> dict[str, Any]:  # noqa: N803 (a class)
@@ -114,7 +112,7 @@ async def main_async(args: argparse.Namespace) -> None:
     startup = time.perf_counter() - started
 
     Entities = schema_for(spec, TYPES)  # noqa: N806 (a class): what the annotator agents send
-    ours = llm.with_structured_output(Entities, method=structured_output_method(spec))
+    ours = llm.with_structured_output(Entities, method="json_schema")
     direct = openai.AsyncOpenAI(
         base_url=base_url,
         api_key="unused",
@@ -184,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="embedded:smollm2", help="an embedded model spec (default: %(default)s)")
     parser.add_argument("--calls", type=int, default=12, help="requests per round (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="a,b,b,a blocks (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=EMBEDDED_MAX_TOKENS, help="output cap per call (default: the embedded annotators', %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=SMALL_PROFILE.annotator_max_tokens, help="output cap per call (default: the embedded annotators', %(default)s)")
     parser.add_argument("--concurrency", type=int, default=None, help="override the spec's concurrency (default: the spec's)")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeats < 1:

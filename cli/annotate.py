@@ -1,4 +1,4 @@
-"""`diziner annotate --run RUN_DIR --docs DOCS --out PRED.jsonl [--round T --annotator NAME] [--limit N]` (issue 3).
+"""`diziner annotate --run RUN_DIR --docs DOCS --out PRED.jsonl [--round T --annotator NAME] [--limit N]`.
 
 Applies the configuration `diziner refine` selected (RUN_DIR/guideline.json), or the one annotator NAME used in
 round T, to a corpus, with that annotator's model as saved in RUN_DIR/run.json, concurrently up to the model's
@@ -42,18 +42,20 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load_configuration(run_dir: Path, info: dict[str, Any], round_: int | None, annotator: str | None):
-    """(round, annotator, TaskConfiguration) chosen by the options: the selected one, or NAME's in round T."""
+def load_configuration(run_dir: Path, record: rundir.RunRecord, round_: int | None, annotator: str | None):
+    """(round, annotator, TaskConfiguration, model spec) chosen by the options: the selected configuration, or the
+    one annotator NAME used in round T; the spec is the one the run resolved for that annotator."""
     from pydantic import ValidationError
 
-    from state.models import TaskConfiguration, describe_validation_error
+    from state.inputs import describe_validation_error
+    from state.models import TaskConfiguration
 
-    specs, _ = rundir.model_specs(info)
+    names = record.models.names
     if (round_ is None) != (annotator is None):
         raise InputError("give --round and --annotator together (or neither, for the selected configuration)")
     if annotator is not None:
-        if annotator not in specs:
-            raise InputError(f"--annotator {annotator!r} is not an annotator of this run ({', '.join(specs)})")
+        if annotator not in names:
+            raise InputError(f"--annotator {annotator!r} is not an annotator of this run ({', '.join(names)})")
         path = rundir.configuration_path(run_dir, round_, annotator)
         if not path.is_file():
             rounds = rundir.round_numbers(run_dir)
@@ -76,20 +78,20 @@ def load_configuration(run_dir: Path, info: dict[str, Any], round_: int | None, 
     except ValidationError as exc:
         raise InputError(describe_validation_error(exc), path=str(path)) from None
     name = data.get("annotator", annotator)
-    if name not in specs:
+    if name not in names:
         raise InputError(f"the configuration names annotator {name!r}, which run.json does not list", path=str(path))
-    return int(data.get("round", round_ or 0)), name, configuration, specs[name]
+    return int(data.get("round", round_ or 0)), name, configuration, record.models.annotator(name)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Apply the chosen configuration to a corpus and write the predictions with the dataset's labels."""
     from corpus.io import CorpusDocument
     from corpus.io import read_documents, write_jsonl
-    from state.models import TaskDefinition
 
     run_dir = Path(args.run)
-    info = rundir.read_run(run_dir)
-    task = TaskDefinition.from_data(info["task_definition"], source=str(run_dir / rundir.RUN_FILE))
-    round_, annotator, configuration, spec = load_configuration(run_dir, info, args.round, args.annotator)
+    record = rundir.read_run(run_dir)
+    task = record.task_definition
+    round_, annotator, configuration, spec = load_configuration(run_dir, record, args.round, args.annotator)
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
     out = Path(args.out)
@@ -133,27 +135,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _annotate(spec, configuration, docs, round_: int):
-    from agents.annotator import annotate_documents
-    from agents.models import chat_model
+    from agents import models
+    from agents.annotator import run_annotator
     from state.models import Document
 
-    model = await asyncio.to_thread(chat_model, spec)
-    try:
-        model = model.model_copy(update={"name": spec.name})
-    except Exception:  # a model class that cannot be copied keeps its own name
-        pass
     documents = [Document(id=d.id, text=d.text) for d in docs]
     total = len(documents)
     step = max(1, total // 10)
     seen = 0
 
-    def config_for(doc: Document) -> dict[str, Any]:
+    def on_start(doc: Document) -> None:
         nonlocal seen
         seen += 1
         if total >= 20 and seen % step == 0:
             _say(f"{PROG}: {seen}/{total} documents started")
-        return {"run_name": f"annotate {doc.id}", "tags": ["annotator", spec.name, "apply"],
-                "metadata": {"annotator": spec.name, "round": round_, "document": doc.id, "phase": "apply"}}
 
-    outputs, _ = await annotate_documents(model, spec, configuration, documents, round_, config_for)
+    outputs, _ = await run_annotator(models.chat_model, spec, configuration, documents, round_, phase="apply", on_start=on_start)
     return outputs

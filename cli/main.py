@@ -24,6 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, str | None]:
+    """The `diziner` parser with the chosen subcommand's options (only that module is imported)."""
     parser = _Parser(prog="diziner", description="DiZiNER: disagreement-guided zero-shot NER")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if a in SUBCOMMANDS), None)
@@ -35,6 +36,7 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; InputError -> exit 2 with the message, any other failure -> exit 1 with one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, chosen = build_parser(argv)
     args = parser.parse_args(argv)

@@ -1,34 +1,31 @@
-"""`diziner refine`: run the pilot-annotation loop into a run directory, resumable after any interruption (issue 3).
+"""`diziner refine`: run the pilot-annotation loop into a run directory, resumable after any interruption.
 
 New run:  diziner refine --task TASK --docs POOL --out RUN_DIR [options]
 Resume:   diziner refine --resume RUN_DIR      (or the new-run command again with --resume added)
 
 The graph is compiled with an AsyncSqliteSaver whose database lives in RUN_DIR and run with durability="sync", so
 a run killed even with SIGKILL resumes from its last checkpoint (same thread id, `input=None`) without repeating a
-finished node. The run context is not checkpointed: run.json keeps it, with the thread id, the input files'
-paths and hashes, the resolved model specs and the task. After every super-step the files of the run directory
-are rewritten from the checkpointed state (see `cli.rundir`). Progress goes to stderr, one line per finished node.
+finished node. The models are resolved once, before the run starts, and travel in the graph's input; the run
+context is not checkpointed: run.json (`cli.rundir.RunRecord`) keeps it, with the thread id, the input files' paths
+and hashes, the resolved models and the task. After every super-step the files of the run directory are rewritten
+from the checkpointed state (see `cli.rundir`). Progress goes to stderr, one line per finished node (`cli.progress`).
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import os
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
-# Before LangGraph is imported (lazily, below): Pydantic state types round-trip through the checkpoints.
-os.environ["LANGGRAPH_STRICT_MSGPACK"] = "true"
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from cli import rundir  # noqa: E402
-from state.errors import InputError  # noqa: E402
+from cli import rundir
+from cli.progress import Progress, say
+from state.errors import InputError
 
 PROG = "diziner refine"
 
@@ -97,10 +94,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- small helpers
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -119,16 +112,12 @@ def _context(data: dict[str, Any]):
     from pydantic import ValidationError
 
     from graph.context import DizinerContext
+    from state.inputs import describe_validation_error
 
     try:
         return DizinerContext.model_validate(data)
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err.get("loc") else ""
-            msg = err.get("msg", "invalid").removeprefix("Value error, ")
-            parts.append(f"{_FLAG_OF.get(field, field)}: {msg}" if field else msg)
-        raise InputError("; ".join(parts)) from None
+        raise InputError(describe_validation_error(exc, names=_FLAG_OF)) from None
 
 
 def _split_names(text: str) -> list[str]:
@@ -144,6 +133,7 @@ def _visible_entries(path: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Start a new run, or resume one, in the run directory the options name."""
     resume = args.resume
     if resume is not None and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
@@ -176,21 +166,21 @@ def _read_inputs(task_path: str, docs_path: str):
     task = TaskDefinition.from_yaml(task_path)
     docs, stats = read_documents(docs_path)
     for msg in stats.warnings(docs_path):
-        _say(f"{PROG}: warning: {msg}")
+        say(f"{PROG}: warning: {msg}")
     if not docs:
         raise InputError("the pool holds no documents", path=docs_path)
     labelled = sum(1 for d in docs if d.entities is not None)
     if labelled:
-        _say(f"{PROG}: note: gold entities of {labelled} pool document(s) are ignored (the loop needs no labels)")
+        say(f"{PROG}: note: gold entities of {labelled} pool document(s) are ignored (the loop needs no labels)")
     empty = sum(1 for d in docs if not d.text.strip())
     if empty:
-        _say(f"{PROG}: warning: {empty} pool document(s) have no text")
+        say(f"{PROG}: warning: {empty} pool document(s) have no text")
     graph_input = {"task": task.model_dump(mode="json"), "documents": [{"id": d.id, "text": d.text} for d in docs]}
     return task, graph_input, stats.format
 
 
 def _start(run_dir: Path, args: argparse.Namespace) -> int:
-    from agents.models import RunConfig, load_run_config
+    from agents.models import resolve_models
 
     missing = [flag for flag, v in (("--task", args.task), ("--docs", args.docs)) if not v]
     if missing:
@@ -199,18 +189,16 @@ def _start(run_dir: Path, args: argparse.Namespace) -> int:
     task, graph_input, fmt = _read_inputs(args.task, args.docs)
     if args.config and (args.annotators or args.supervisor):
         raise InputError("give the models either in --config or with --annotators/--supervisor, not both")
-    if args.config:
-        rc = load_run_config(args.config)
-    else:
-        rc = RunConfig.from_names(_split_names(args.annotators) if args.annotators is not None else None, args.supervisor)
-    settings = _given_settings(args)
+    names = _split_names(args.annotators) if args.annotators is not None else None
+    models = resolve_models(names, args.supervisor, run_file=args.config)
     context_data = {
-        "annotators": [s.name for s in rc.annotators],
-        "supervisor": rc.supervisor.name,
-        "run_config": str((run_dir / rundir.RUN_CONFIG_COPY).resolve()) if args.config else "",
-        **settings,
+        "annotators": models.names,
+        "supervisor": models.supervisor.name,
+        "run_config": rundir.RUN_CONFIG_COPY if args.config else "",  # relative to the run directory
+        **_given_settings(args),
     }
     ctx = _context(context_data)
+    graph_input["models"] = models.model_dump(mode="json")
     # 2. the run directory
     if run_dir.is_dir():
         entries = _visible_entries(run_dir)
@@ -227,61 +215,45 @@ def _start(run_dir: Path, args: argparse.Namespace) -> int:
         raise InputError(f"cannot create the run directory: {exc.strerror or exc}", path=str(run_dir)) from None
     with rundir.RunLock(run_dir):
         if args.overwrite:
-            kept = rundir.clear_run_dir(run_dir)
-            if [k for k in kept if k != rundir.LOCK_FILE]:
-                _say(f"{PROG}: note: kept files that are not the run's: {', '.join(k for k in kept if k != rundir.LOCK_FILE)}")
-        stored_context = ctx.model_dump(mode="json")
-        if args.config:
-            stored_context["run_config"] = rundir.RUN_CONFIG_COPY  # relative to the run directory
-        info = {
-            "format": rundir.RUN_FORMAT,
-            "thread_id": uuid.uuid4().hex,
-            "created": _now(),
-            "task": {"path": str(Path(args.task).resolve()), "sha256": rundir.file_sha256(args.task)},
-            "docs": {"path": str(Path(args.docs).resolve()), "sha256": rundir.file_sha256(args.docs), "format": fmt,
-                     "documents": len(graph_input["documents"])},
-            "run_config": ({"path": str(Path(args.config).resolve()), "sha256": rundir.file_sha256(args.config),
-                            "copy": rundir.RUN_CONFIG_COPY} if args.config else None),
-            "context": stored_context,
-            "models": {"annotators": [s.model_dump(mode="json") for s in rc.annotators],
-                       "supervisor": rc.supervisor.model_dump(mode="json")},
-            "task_definition": task.model_dump(mode="json"),
-            "sessions": [],
-        }
-        rundir.write_json(run_dir / rundir.RUN_FILE, info)  # first: from now on the directory is a run directory
+            kept = [k for k in rundir.clear_run_dir(run_dir) if k != rundir.LOCK_FILE]
+            if kept:
+                say(f"{PROG}: note: kept files that are not the run's: {', '.join(kept)}")
+        record = rundir.RunRecord(
+            thread_id=uuid.uuid4().hex,
+            created=_now(),
+            task=rundir.InputFile(path=str(Path(args.task).resolve()), sha256=rundir.file_sha256(args.task)),
+            docs=rundir.PoolFile(path=str(Path(args.docs).resolve()), sha256=rundir.file_sha256(args.docs), format=fmt,
+                                 documents=len(graph_input["documents"])),
+            run_config=(rundir.RunFileCopy(path=str(Path(args.config).resolve()), sha256=rundir.file_sha256(args.config),
+                                           copy_name=rundir.RUN_CONFIG_COPY) if args.config else None),
+            context=ctx,
+            models=models,
+            task_definition=task,
+        )
+        rundir.write_run(run_dir, record)  # first: from now on the directory is a run directory
         if args.config:
             try:
                 shutil.copyfile(args.config, run_dir / rundir.RUN_CONFIG_COPY)
             except OSError as exc:
                 raise InputError(f"cannot copy the run file: {exc.strerror or exc}", path=args.config) from None
-        _say(f"{PROG}: run {info['thread_id']} in {run_dir}: {len(graph_input['documents'])} documents, annotators "
-             f"{', '.join(ctx.annotators)}, supervisor {ctx.supervisor}, at most {ctx.max_loops} round(s) of "
-             f"{ctx.pilot_size} documents, seed {ctx.seed}")
-        return _execute(run_dir, info, ctx, graph_input)
+        say(f"{PROG}: run {record.thread_id} in {run_dir}: {len(graph_input['documents'])} documents, annotators "
+            f"{', '.join(models.names)}, supervisor {models.supervisor.name}, at most {ctx.max_loops} round(s) of "
+            f"{ctx.pilot_size} documents, seed {ctx.seed}")
+        return _execute(run_dir, record, graph_input)
 
 
 # ---------------------------------------------------------------- resuming
 
 
-def _saved_context(run_dir: Path, info: dict[str, Any]):
-    data = dict(info["context"])
-    if data.get("run_config"):
-        copy = run_dir / data["run_config"]
-        if not copy.is_file():
-            raise InputError(f"the run's copy of its run file is missing: {copy}", path=str(run_dir))
-        data["run_config"] = str(copy.resolve())
-    return _context(data)
-
-
-def _check_resume_arguments(run_dir: Path, info: dict[str, Any], ctx, args: argparse.Namespace) -> None:
+def _check_resume_arguments(run_dir: Path, record, args: argparse.Namespace) -> None:
     """Options repeated with --resume must agree with the saved run: a resumed run never changes its settings."""
+    ctx = record.context
     diffs = []
     for field, value in _given_settings(args).items():
         if getattr(ctx, field) != value:
             diffs.append(f"{_FLAG_OF[field]} {value} (the run has {getattr(ctx, field)})")
-    for flag, path, key in (("--task", args.task, "task"), ("--docs", args.docs, "docs")):
+    for flag, path, saved in (("--task", args.task, record.task.sha256), ("--docs", args.docs, record.docs.sha256)):
         if path:
-            saved = (info.get(key) or {}).get("sha256")
             try:
                 same = rundir.file_sha256(path) == saved
             except OSError as exc:
@@ -289,61 +261,61 @@ def _check_resume_arguments(run_dir: Path, info: dict[str, Any], ctx, args: argp
             if not same:
                 diffs.append(f"{flag} {path} (differs from the file the run started from)")
     if args.config:
-        saved = (info.get("run_config") or {}).get("sha256")
+        saved = record.run_config.sha256 if record.run_config else None
         if saved is None or rundir.file_sha256(args.config) != saved:
             diffs.append(f"--config {args.config} (the run used {'another run file' if saved else 'none'})")
-    if args.annotators is not None and _split_names(args.annotators) != list(ctx.annotators):
-        diffs.append(f"--annotators {args.annotators} (the run has {','.join(ctx.annotators)})")
-    if args.supervisor is not None and args.supervisor != ctx.supervisor:
-        diffs.append(f"--supervisor {args.supervisor} (the run has {ctx.supervisor})")
+    if args.annotators is not None and _split_names(args.annotators) != record.models.names:
+        diffs.append(f"--annotators {args.annotators} (the run has {','.join(record.models.names)})")
+    if args.supervisor is not None and args.supervisor != record.models.supervisor.name:
+        diffs.append(f"--supervisor {args.supervisor} (the run has {record.models.supervisor.name})")
     if diffs:
         raise InputError("a resumed run keeps its saved settings; these options disagree with it: " + "; ".join(diffs),
                          path=str(run_dir))
 
 
 def _resume(run_dir: Path, args: argparse.Namespace) -> int:
-    info = rundir.read_run(run_dir)
-    ctx = _saved_context(run_dir, info)
-    _check_resume_arguments(run_dir, info, ctx, args)
+    record = rundir.read_run(run_dir)
+    _check_resume_arguments(run_dir, record, args)
     with rundir.RunLock(run_dir):
-        return _execute(run_dir, info, ctx, None)
+        return _execute(run_dir, record, None)
 
 
-def _inputs_again(info: dict[str, Any]) -> dict[str, Any]:
+def _inputs_again(record) -> dict[str, Any]:
     """A run killed before its first checkpoint starts over from its recorded inputs (if they are unchanged)."""
-    docs_path = info["docs"]["path"]
+    docs_path = record.docs.path
     try:
-        same = rundir.file_sha256(docs_path) == info["docs"]["sha256"]
+        same = rundir.file_sha256(docs_path) == record.docs.sha256
     except OSError as exc:
         raise InputError(f"the run has no checkpoint yet and its pool cannot be read: {exc.strerror or exc}", path=docs_path) from None
     if not same:
         raise InputError("the run has no checkpoint yet and its pool changed since it started", path=docs_path)
-    _, graph_input, _ = _read_inputs(info["task"]["path"], docs_path)
-    graph_input["task"] = info["task_definition"]
+    _, graph_input, _ = _read_inputs(record.task.path, docs_path)
+    graph_input["task"] = record.task_definition.model_dump(mode="json")
+    graph_input["models"] = record.models.model_dump(mode="json")
     return graph_input
 
 
 # ---------------------------------------------------------------- running the graph
 
 
-def _execute(run_dir: Path, info: dict[str, Any], ctx, graph_input: dict[str, Any] | None) -> int:
-    session = {"started": _now(), "resumed": graph_input is None, "pid": os.getpid()}
-    info.setdefault("sessions", []).append(session)
-    rundir.write_json(run_dir / rundir.RUN_FILE, info)
+def _execute(run_dir: Path, record, graph_input: dict[str, Any] | None) -> int:
+    session = rundir.Session(started=_now(), resumed=graph_input is None, pid=os.getpid())
+    record.sessions.append(session)
+    rundir.write_run(run_dir, record)
     started = time.perf_counter()
     try:
-        status = asyncio.run(_run_graph(run_dir, info, ctx, graph_input))
+        status = asyncio.run(_run_graph(run_dir, record, graph_input))
     except KeyboardInterrupt:
-        _say(f"{PROG}: interrupted; continue with: diziner refine --resume {run_dir}")
+        say(f"{PROG}: interrupted; continue with: diziner refine --resume {run_dir}")
         raise
     except InputError:
         raise
     except Exception:
-        _say(f"{PROG}: the run stopped on an error; after fixing its cause continue with: diziner refine --resume {run_dir}")
+        say(f"{PROG}: the run stopped on an error; after fixing its cause continue with: diziner refine --resume {run_dir}")
         raise
-    session["seconds"] = round(time.perf_counter() - started, 3)
-    session["outcome"] = status
-    rundir.write_json(run_dir / rundir.RUN_FILE, info)
+    session.seconds = round(time.perf_counter() - started, 3)
+    session.outcome = status
+    rundir.write_run(run_dir, record)
     return 0
 
 
@@ -353,17 +325,18 @@ def _state(values: dict[str, Any]):
     return DizinerState.model_validate(values)
 
 
-def _extras(info: dict[str, Any], session_started: float) -> dict[str, Any]:
-    return {"thread_id": info["thread_id"], "session_seconds": round(time.perf_counter() - session_started, 3)}
+def _extras(record, session_started: float) -> dict[str, Any]:
+    return {"thread_id": record.thread_id, "session_seconds": round(time.perf_counter() - session_started, 3)}
 
 
-async def _run_graph(run_dir: Path, info: dict[str, Any], ctx, graph_input: dict[str, Any] | None) -> str:
+async def _run_graph(run_dir: Path, record, graph_input: dict[str, Any] | None) -> str:
     import aiosqlite
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     from graph.builder import GRAPH_NAME, build_graph, checkpoint_serde
+    from graph.progress import step_of
 
-    config = {"configurable": {"thread_id": info["thread_id"]}}
+    config = {"configurable": {"thread_id": record.thread_id}}
     t0 = time.perf_counter()
     async with aiosqlite.connect(str(run_dir / rundir.CHECKPOINTS)) as conn:
         saver = AsyncSqliteSaver(conn, serde=checkpoint_serde())
@@ -372,22 +345,27 @@ async def _run_graph(run_dir: Path, info: dict[str, Any], ctx, graph_input: dict
         if graph_input is None:
             snapshot = await graph.aget_state(config)
             if not snapshot.values or "task" not in snapshot.values:
-                _say(f"{PROG}: the run has no checkpoint yet: starting it from its recorded inputs")
-                graph_input = _inputs_again(info)
+                say(f"{PROG}: the run has no checkpoint yet: starting it from its recorded inputs")
+                graph_input = _inputs_again(record)
             else:
                 state = _state(snapshot.values)
                 await _backfill(graph, config, run_dir, state)
                 if not snapshot.next:
-                    rundir.write_state(run_dir, state, finished=True, extra=_extras(info, t0))
+                    rundir.write_state(run_dir, state, finished=True, extra=_extras(record, t0))
                     sel = state.selection
                     chosen = f"; selected: round {sel.round}, {sel.annotator}" if sel else ""
-                    _say(f"{PROG}: the run in {run_dir} has already finished ({state.stop_reason}{chosen}); nothing to do")
+                    say(f"{PROG}: the run in {run_dir} has already finished ({state.stop_reason}{chosen}); nothing to do")
                     return "already finished"
-                rundir.write_state(run_dir, state, extra=_extras(info, t0))
+                rundir.write_state(run_dir, state, extra=_extras(record, t0))
                 progress.resuming(state, snapshot)
         async for mode, event in graph.astream(
-            graph_input, config, context=ctx, stream_mode=["checkpoints", "tasks"], durability="sync"
+            graph_input, config, context=record.context, stream_mode=["checkpoints", "tasks", "custom"], durability="sync"
         ):
+            if mode == "custom":
+                step = step_of(event)
+                if step is not None:
+                    progress.step(step)
+                continue
             if mode == "tasks":
                 progress.task(event)
                 continue
@@ -396,9 +374,9 @@ async def _run_graph(run_dir: Path, info: dict[str, Any], ctx, graph_input: dict
                 continue
             finished = not event.get("next")
             state = _state(values)
-            rundir.write_state(run_dir, state, finished=finished, extra=_extras(info, t0))
+            rundir.write_state(run_dir, state, finished=finished, extra=_extras(record, t0))
             if finished:
-                progress.finished(state, run_dir)
+                progress.finished(state, run_dir, rundir.GUIDELINE_MD, rundir.FAILED)
     return "finished"
 
 
@@ -413,94 +391,4 @@ async def _backfill(graph, config: dict[str, Any], run_dir: Path, state) -> None
             rundir.write_round_files(run_dir, _state(values))
     left = rundir.missing_round_files(run_dir, state)
     if left:
-        _say(f"{PROG}: warning: could not recover the files of round(s) {', '.join(map(str, left))} from the checkpoints")
-
-
-class Progress:
-    """One stderr line per finished node: 'round 2 · annotate · openai:x 25 docs 3 failed (12.3 s)'."""
-
-    def __init__(self) -> None:
-        self._started: dict[str, tuple[float, Any]] = {}
-
-    def resuming(self, state, snapshot) -> None:
-        pending = [t for t in snapshot.tasks]
-        done = [t for t in pending if t.result is not None]
-        names = sorted({t.name for t in pending})
-        line = f"{PROG}: resuming at round {state.round}, next: {', '.join(names)}"
-        if done:
-            who = []
-            for t in done:
-                anns = (t.result or {}).get("annotations") if isinstance(t.result, dict) else None
-                who.append(f"{t.name} · {anns[0].annotator}" if anns else t.name)
-            line += f" ({len(done)} of {len(pending)} already done: {', '.join(who)})"
-        _say(line)
-
-    def task(self, event: dict[str, Any]) -> None:
-        if "result" not in event:
-            self._started[event["id"]] = (time.perf_counter(), event.get("input"))
-            return
-        t0, inp = self._started.pop(event["id"], (None, None))
-        seconds = time.perf_counter() - t0 if t0 is not None else 0.0
-        name = event["name"]
-        result = event.get("result") or {}
-        error = event.get("error")
-        round_ = getattr(inp, "round", None)
-        if name == "select_pilot" and isinstance(result.get("round"), int):
-            round_ = result["round"]
-        head = f"round {round_} · {name}" if round_ else name
-        if name == "annotate" and getattr(inp, "annotator", None):
-            head += f" · {inp.annotator}"
-        if error is not None:
-            _say(f"{head} failed: {type(error).__name__}: {error} ({seconds:.1f} s)")
-            return
-        sep = " " if name == "annotate" else " · "  # 'round 2 · annotate · openai:x 25 docs 3 failed (12.3 s)'
-        _say(f"{head}{sep}{self._describe(name, inp, result)} ({seconds:.1f} s)")
-
-    @staticmethod
-    def _describe(name: str, inp: Any, result: dict[str, Any]) -> str:
-        if name == "select_pilot":
-            pilots = result.get("pilot_history") or []
-            n = len(pilots[-1]) if pilots else 0
-            return f"{n} of {len(getattr(inp, 'documents', []) or [])} documents"
-        if name == "annotate":
-            outs = result.get("annotations") or []
-            failed = sum(1 for o in outs if o.status != "ok")
-            spans = sum(len(o.spans) for o in outs)
-            return f"{len(outs)} docs {failed} failed, {spans} spans"
-        if name == "analyze_disagreement":
-            rec = (result.get("history") or [None])[-1]
-            if rec is None:
-                return "done"
-            if rec.mean_pairwise_f1 is None:
-                text = f"not analysed: {rec.error}"
-            else:
-                text = f"mean pairwise F1 {rec.mean_pairwise_f1:.4f}, {rec.hotspots} hotspots, elite {', '.join(rec.elite) or '-'}"
-            stop = result.get("stop_reason")
-            return text + (f"; stop: {stop}" if stop else "")
-        if name in rundir.PHASE_FILES:
-            sup = (result.get("supervisor") or [None])[-1]
-            failures = {k: v for k, v in (sup.failures if sup else {}).items() if k.split(":")[0] == name}
-            text = "ok" if not failures else "failed: " + "; ".join(f"{k}: {v[:120]}" for k, v in failures.items())
-            if name == "diagnose_models" and sup is not None:
-                text = f"{len(sup.diagnoses)} diagnos{'i' if len(sup.diagnoses) == 1 else 'e'}s" + ("" if not failures else f", {text}")
-            if name == "organize_guidelines":
-                rec = (result.get("history") or [None])[-1]
-                if rec is not None and rec.guideline_change is not None:
-                    text += f", guideline change {rec.guideline_change:.2f}"
-            return text
-        if name == "select_best":
-            sel = result.get("selection")
-            if sel is None:
-                return "no eligible annotator"
-            return f"round {sel.round} · {sel.annotator} (mean pairwise F1 {sel.mean_pairwise_f1:.4f})"
-        return "done"
-
-    def finished(self, state, run_dir: Path) -> None:
-        sel = state.selection
-        _say(f"{PROG}: finished after {len(state.history)} round(s): {state.stop_reason}")
-        if sel is not None:
-            _say(f"{PROG}: selected round {sel.round}, {sel.annotator}: {run_dir / rundir.GUIDELINE_MD}")
-        else:
-            _say(f"{PROG}: no configuration could be selected (no annotator had a successful document with entities); "
-                 f"see {run_dir / 'round-1' / rundir.FAILED}")
-        _say(f"{PROG}: outputs in {run_dir}/")
+        say(f"{PROG}: warning: could not recover the files of round(s) {', '.join(map(str, left))} from the checkpoints")

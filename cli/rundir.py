@@ -1,4 +1,4 @@
-"""The run directory of `diziner refine` (issue 3): its layout, run.json, and the files derived from the graph state.
+"""The run directory of `diziner refine`: its layout, run.json, and the files derived from the graph state.
 
 Layout of RUN_DIR::
 
@@ -19,7 +19,7 @@ content changes. Everything except summary.json and run.json is a pure function 
 or durations, documents in pool order, annotators in run order, so that a resumed run and an uninterrupted run
 with the same seed write identical bytes.
 
-Imports neither LangGraph nor LangChain (pydantic state models only), so `diziner annotate` can use it too.
+Imports neither LangGraph nor LangChain (pydantic models only), so `diziner annotate` can use it too.
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.models import RunModels, safe_name
 from corpus.io import atomic_write
+from graph.context import DizinerContext
 from state.errors import InputError
-from state.graph_state import GOAL_REFUSED
+from state.inputs import describe_validation_error
+from state.models import TaskDefinition
+from state.phases import SupervisorPhase
 
 RUN_FILE = "run.json"
 RUN_CONFIG_COPY = "run-config.yaml"
@@ -50,10 +56,10 @@ FAILED = "failed.json"
 REPORT = "report.md"
 CONFIGURATIONS = "configurations"
 PHASE_FILES = {
-    "analyze_patterns": "phase1_patterns.json",
-    "diagnose_models": "phase2_diagnoses.json",
-    "integrate_guidelines": "phase3_integration.json",
-    "organize_guidelines": "phase4_organization.json",
+    SupervisorPhase.PATTERNS: "phase1_patterns.json",
+    SupervisorPhase.DIAGNOSIS: "phase2_diagnoses.json",
+    SupervisorPhase.INTEGRATION: "phase3_integration.json",
+    SupervisorPhase.ORGANIZATION: "phase4_organization.json",
 }
 _ROUND_DIR = re.compile(r"round-[0-9]+")
 # names `refine --overwrite` may remove: what refine itself creates (checkpoint side files included)
@@ -91,6 +97,7 @@ def write_json(path: Path, obj: Any) -> bool:
 
 
 def read_json(path: Path, what: str) -> Any:
+    """A JSON file of the run directory; InputError naming the file otherwise."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -102,6 +109,7 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (how run.json recognises an input file again)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -114,8 +122,6 @@ def round_dir(run_dir: Path, round_: int) -> Path:
 
 
 def configuration_path(run_dir: Path, round_: int, annotator: str) -> Path:
-    from agents.models import safe_name
-
     return round_dir(run_dir, round_) / CONFIGURATIONS / f"{safe_name(annotator)}.json"
 
 
@@ -191,31 +197,68 @@ class RunLock:
 # ---------------------------------------------------------------- run.json
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """run.json of a run directory, checked for the keys `refine --resume` and `annotate` need."""
+class InputFile(BaseModel):
+    """An input file as the run started from it: where it was and its hash."""
+
+    path: str
+    sha256: str
+
+
+class PoolFile(InputFile):
+    format: str
+    documents: int
+
+
+class RunFileCopy(InputFile):
+    model_config = ConfigDict(populate_by_name=True)
+
+    copy_name: str = Field(alias="copy", description="its copy inside the run directory")
+
+
+class Session(BaseModel):
+    """One `diziner refine` process that worked on the run."""
+
+    started: str
+    resumed: bool
+    pid: int
+    seconds: float | None = None
+    outcome: str | None = None
+
+
+class RunRecord(BaseModel):
+    """run.json: what a run is (thread, inputs, context, resolved models, task) and the sessions that ran it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = RUN_FORMAT
+    thread_id: str
+    created: str
+    task: InputFile
+    docs: PoolFile
+    run_config: RunFileCopy | None = None
+    context: DizinerContext
+    models: RunModels
+    task_definition: TaskDefinition
+    sessions: list[Session] = Field(default_factory=list)
+
+
+def write_run(run_dir: Path, record: RunRecord) -> None:
+    """Write run.json (whole, atomically)."""
+    write_json(run_dir / RUN_FILE, record.model_dump(mode="json", by_alias=True))
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """run.json of a run directory, validated; InputError naming the file and the field otherwise."""
     if not run_dir.is_dir():
         raise InputError("run directory not found", path=str(run_dir))
-    info = read_json(run_dir / RUN_FILE, "run.json (is this a `diziner refine` run directory?)")
-    missing = [k for k in ("format", "thread_id", "context", "task_definition", "models") if k not in (info if isinstance(info, dict) else {})]
-    if missing:
-        raise InputError(f"run.json lacks {', '.join(missing)}", path=str(run_dir / RUN_FILE))
-    if info["format"] != RUN_FORMAT:
-        raise InputError(f"run.json has format {info['format']!r}; this diziner reads format {RUN_FORMAT}", path=str(run_dir / RUN_FILE))
-    return info
-
-
-def model_specs(info: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """The run's annotator specs by name (run order) and the supervisor's spec, as saved in run.json."""
-    from pydantic import ValidationError
-
-    from agents.models import ModelSpec
-
+    path = run_dir / RUN_FILE
+    info = read_json(path, "run.json (is this a `diziner refine` run directory?)")
+    if isinstance(info, dict) and info.get("format", RUN_FORMAT) != RUN_FORMAT:
+        raise InputError(f"run.json has format {info['format']!r}; this diziner reads format {RUN_FORMAT}", path=str(path))
     try:
-        annotators = [ModelSpec.model_validate(s) for s in info["models"]["annotators"]]
-        supervisor = ModelSpec.model_validate(info["models"]["supervisor"])
-    except (ValidationError, KeyError, TypeError) as exc:
-        raise InputError(f"run.json: bad model specs: {exc}") from None
-    return {s.name: s for s in annotators}, supervisor
+        return RunRecord.model_validate(info)
+    except ValidationError as exc:
+        raise InputError(f"run.json: {describe_validation_error(exc)}", path=str(path)) from None
 
 
 # ---------------------------------------------------------------- files derived from the state
@@ -224,19 +267,13 @@ def model_specs(info: dict[str, Any]) -> tuple[dict[str, Any], Any]:
 def annotation_records(state: Any) -> list[dict[str, Any]]:
     """The current round's annotations as `diziner analyze` input: pilot documents in pool order, annotators in
     run order, spans sorted, `null` for a document the annotator failed on (or has no output for)."""
-    pilot = sorted(state.pilot_history[state.round - 1])
-    by_key = {(o.annotator, o.document_id): o for o in state.annotations}
     records = []
-    for i in pilot:
-        doc = state.documents[i]
-        ann: dict[str, list[dict[str, Any]] | None] = {}
-        for name in state.annotators:
-            o = by_key.get((name, doc.id))
-            if o is None or o.status != "ok":
-                ann[name] = None
-            else:
-                spans = sorted((s.start, s.end, s.type) for s in o.spans)
-                ann[name] = [{"start": s, "end": e, "type": t} for s, e, t in spans]
+    for _, doc, readings in sorted(state.pilot_readings(), key=lambda item: item[0]):
+        ann = {
+            name: None if spans is None
+            else [{"start": s, "end": e, "type": t} for s, e, t in sorted((x.start, x.end, x.type) for x in spans)]
+            for name, spans in readings.items()
+        }
         records.append({"id": doc.id, "text": doc.text, "annotations": ann})
     return records
 
@@ -268,33 +305,42 @@ def phase_documents(state: Any, round_: int) -> dict[str, dict[str, Any]]:
     sup = next((s for s in state.supervisor if s.round == round_), None)
     if record is None or sup is None:
         return {}
+
+    def dump(answer: Any) -> Any:
+        return answer.model_dump(mode="json") if answer is not None else None
+
+    organization = dump(sup.organization)
+    if organization is not None and sup.cut_by_caps:
+        organization["cut_by_caps"] = sup.cut_by_caps
     outputs = {
-        "analyze_patterns": sup.patterns,
-        "diagnose_models": sup.diagnoses,
-        "integrate_guidelines": sup.integration,
-        "organize_guidelines": sup.organization,
+        SupervisorPhase.PATTERNS: dump(sup.patterns),
+        SupervisorPhase.DIAGNOSIS: {name: dump(d) for name, d in sup.diagnoses.items()},
+        SupervisorPhase.INTEGRATION: dump(sup.integration),
+        SupervisorPhase.ORGANIZATION: organization,
     }
     docs = {}
-    for phase, (node, name) in enumerate(PHASE_FILES.items(), 1):
-        if node == "diagnose_models":
-            prefix = "diagnose_models:"
-            failed: Any = {k[len(prefix):]: v for k, v in sup.failures.items() if k.startswith(prefix)} or None
-            answer: Any = {k[len(prefix):]: v for k, v in sup.failed_answers.items() if k.startswith(prefix)} or None
-            output = outputs[node] or None
+    for phase, name in PHASE_FILES.items():
+        failures = [f for f in sup.failures if f.phase == phase]
+        if phase == SupervisorPhase.DIAGNOSIS:
+            failed: Any = {f.annotator: f.reason for f in failures} or None
+            answer: Any = {f.annotator: f.answer for f in failures if f.answer} or None
+            output = outputs[phase] or None
         else:
-            failed, answer = sup.failures.get(node), sup.failed_answers.get(node)
-            output = outputs[node]
-        if output is None and failed is None and node not in record.seconds:
+            failed = failures[0].reason if failures else None
+            answer = failures[0].answer if failures else None
+            output = outputs[phase]
+        if output is None and failed is None and phase.value not in record.seconds:
             continue
-        docs[name] = {"round": round_, "phase": phase, "node": node, "output": outputs[node], "failed": failed}
+        docs[name] = {"round": round_, "phase": phase.number, "node": phase.value, "output": outputs[phase], "failed": failed}
         if answer:
             docs[name]["failed_answer"] = answer
-        if node == "integrate_guidelines" and GOAL_REFUSED in sup.failures:
-            docs[name]["goal_refused"] = sup.failures[GOAL_REFUSED]
+        if phase == SupervisorPhase.INTEGRATION and sup.goal_refused:
+            docs[name]["goal_refused"] = sup.goal_refused
     return docs
 
 
 def configuration_document(state: Any, round_: int, annotator: str) -> dict[str, Any]:
+    """The configuration Θ_k an annotator used in a round, as its JSON file holds it."""
     from agents.guideline import configuration_for
 
     configuration = configuration_for(state.task, state.guidelines_used[round_ - 1], annotator)
@@ -302,6 +348,7 @@ def configuration_document(state: Any, round_: int, annotator: str) -> dict[str,
 
 
 def round_summary(record: Any) -> dict[str, Any]:
+    """One round's entry of summary.json."""
     return {
         "round": record.round,
         "mean_pairwise_f1": record.mean_pairwise_f1,
@@ -322,6 +369,7 @@ def round_summary(record: Any) -> dict[str, Any]:
 
 
 def summary(state: Any, *, finished: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """summary.json: every round's figures, the stop reason, the selection and the supervisor's failures."""
     sel = state.selection
     return {
         "rounds": [round_summary(r) for r in state.history],
@@ -330,7 +378,7 @@ def summary(state: Any, *, finished: bool, extra: dict[str, Any] | None = None) 
         "status": "finished" if finished else "running",
         "annotators": list(state.annotators),
         "current_round": state.round,
-        "supervisor_failures": {str(s.round): s.failures for s in state.supervisor if s.failures},
+        "supervisor_failures": {str(s.round): s.summary_failures() for s in state.supervisor if s.summary_failures()},
         **(extra or {}),
     }
 

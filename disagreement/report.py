@@ -559,16 +559,3 @@ def build_annotator_report(
         o_to_t=tuple(o_to_t),
         examples=tuple(examples),
     )
-
-
-def __getattr__(name: str) -> Any:
-    """Temporary: the Markdown of the report under the names graph/nodes.py imports from here, until it is updated."""
-    from disagreement import render_markdown as md
-
-    if name == "render_markdown":
-        return md.render_markdown
-    if name == "annotator_error_report":
-        return lambda result, annotator, params=None: md.render_annotator_markdown(
-            build_annotator_report(result, annotator, params)
-        )
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
-"""The DiZiNER state machine (issue 3). `build_graph` returns the uncompiled builder so that the CLI, the
+"""The DiZiNER state machine. `build_graph` returns the uncompiled builder so that the CLI, the
 server and the tests compile it with their own checkpointer and models."""
 
 from __future__ import annotations
 
+from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -12,10 +13,10 @@ from pydantic import BaseModel
 from graph import nodes
 from graph.context import DizinerContext
 from graph.routing import route_after_analysis
-from state import graph_state, models
+from agents.models import profiles, runfile, spec
+from state import graph_state, models, phases
 from state.graph_state import DizinerInput, DizinerOutput, DizinerState
 
-SUPERVISOR_PHASES = ("analyze_patterns", "diagnose_models", "integrate_guidelines", "organize_guidelines")
 GRAPH_NAME = "diziner"
 
 
@@ -46,11 +47,12 @@ def build_graph(models: nodes.ModelFactory | None = None) -> StateGraph:
 
 
 def checkpoint_types() -> list[tuple[str, str]]:
-    """(module, name) of every Pydantic model a checkpoint holds: the state's models and the `Send` payload."""
+    """(module, name) of every Pydantic model and enum a checkpoint holds: the state's models, the phase records,
+    the model specs and the `Send` payload."""
     found = []
-    for module in (models, graph_state, nodes):
+    for module in (models, graph_state, phases, nodes, spec, profiles, runfile):
         for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__:
+            if isinstance(obj, type) and issubclass(obj, (BaseModel, Enum)) and obj.__module__ == module.__name__:
                 found.append((obj.__module__, obj.__qualname__))
     return sorted(found)
 

@@ -1,4 +1,4 @@
-"""The run context: one typed object whose fields and descriptions double as the Studio form (issue 3)."""
+"""The run context: one typed object whose fields and descriptions double as the Studio form."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from agents.models import DEFAULT_ANNOTATORS, DEFAULT_SUPERVISOR
+from agents.models import DEFAULT_ANNOTATORS, DEFAULT_SUPERVISOR, check_annotator_names
 
 MAX_LOOPS_CAP = 5
 
 
 class DizinerContext(BaseModel):
+    """The run's settings: models, loop and pilot settings, supervisor caps (docs/method.md#defaults)."""
     annotators: list[str] = Field(
         default=list(DEFAULT_ANNOTATORS),  # a plain default (pydantic copies it per instance) shows in the Studio form
         description="annotator model specs 'provider:model' (openai:..., ollama:..., embedded:smollm2, embedded:gemma3-270m)",
@@ -48,10 +49,8 @@ class DizinerContext(BaseModel):
 
     @field_validator("annotators")
     @classmethod
-    def _distinct(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"annotators must be distinct, got {v}")
-        return v
+    def _annotators(cls, v: list[str]) -> list[str]:
+        return check_annotator_names(v)
 
 
 def get_context(runtime: Any) -> DizinerContext:

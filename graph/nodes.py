@@ -1,7 +1,9 @@
 """Graph nodes: small adapters between the state and the pure core (engine, pilot sampler, agents).
 
-Node functions are named like their nodes. Model calls go through a `ModelFactory` bound by the builder, so
-the CLI, the server and the tests share the same nodes with their own models.
+Node functions are named like their nodes. Model calls go through a `ModelFactory` bound by the builder, so the CLI,
+the server and the tests share the same nodes with their own models. The models themselves are resolved once per
+run (`agents.models.resolve_models`) and carried in the state. Each node reports its figures on the custom stream
+(`graph.progress`). The method: docs/method.md.
 """
 
 from __future__ import annotations
@@ -13,43 +15,32 @@ from typing import Any, Callable
 from langchain_core.language_models import BaseChatModel
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, Send
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from agents import supervisor as sup
-from agents.annotator import annotate_documents
-from agents.guideline import change_ratio, configuration_for, enforce_caps, guideline_markdown
-from agents.models import ModelSpec, load_run_config, parse_model_spec, supervisor_spec
+from agents.annotator import run_annotator
+from agents.guideline import change_ratio, configuration_for, enforce_caps, guideline_markdown, render_instructions
+from agents.models import ModelSpec, RunModels, named_chat_model, resolve_models
+from agents.structured import trace_config
 from graph.context import DizinerContext, get_context
+from graph.progress import SelectionFigures, StepFigures, report_step
 from graph.routing import select_configuration, stop_decision
+from prompts import render
 from state.errors import InputError
-from state.graph_state import GOAL_REFUSED, DizinerState, Guideline, RoundRecord, Selection, SupervisorRound, TokenUsage
+from state.graph_state import DizinerState, Guideline, PhaseFailure, RoundRecord, Selection, SupervisorRound, TokenUsage
 from state.models import AgreementStats, AnnotatorOutput, DisagreementReport, Document, Hotspot, Span, TaskConfiguration
+from state.phases import SupervisorPhase, as_record
 
 ModelFactory = Callable[[ModelSpec], BaseChatModel]
 
 
-# ---------------------------------------------------------------- models from the context
-
-
-def model_specs(ctx: DizinerContext) -> tuple[dict[str, ModelSpec], ModelSpec]:
-    """Annotator specs by name (in the context's order) and the supervisor's spec."""
+def run_models(state: DizinerState, ctx: DizinerContext) -> RunModels:
+    """The run's resolved models: those in the state, else resolved from the context (run file or names)."""
+    if state.models is not None:
+        return state.models
     if ctx.run_config:
-        rc = load_run_config(ctx.run_config)
-        return {s.name: s for s in rc.annotators}, rc.supervisor
-    return {a: parse_model_spec(a) for a in ctx.annotators}, supervisor_spec(ctx.supervisor)
-
-
-async def get_model(factory: ModelFactory, spec: ModelSpec) -> BaseChatModel:
-    """Build (possibly starting an embedded server: blocking) off the event loop; name runs after the model."""
-    model = await asyncio.to_thread(factory, spec)
-    try:
-        return model.model_copy(update={"name": spec.name})
-    except Exception:  # a model class that cannot be copied keeps its own name
-        return model
-
-
-def call_config(name: str, tags: list[str], **metadata: Any) -> dict[str, Any]:
-    return {"run_name": name, "tags": tags, "metadata": metadata}
+        return resolve_models(run_file=ctx.run_config)
+    return resolve_models(ctx.annotators, ctx.supervisor)
 
 
 # ---------------------------------------------------------------- pilot set
@@ -58,24 +49,32 @@ def call_config(name: str, tags: list[str], **metadata: Any) -> dict[str, Any]:
 class AnnotateTask(BaseModel):
     """The payload of one annotator branch (a LangGraph Send)."""
 
-    annotator: str
+    spec: ModelSpec
     round: int
     documents: list[Document]
     configuration: TaskConfiguration
+
+    @property
+    def annotator(self) -> str:
+        return self.spec.name
 
 
 def select_pilot(state: DizinerState, runtime: Runtime[DizinerContext]) -> dict[str, Any]:
     """Draw the next pilot set (lexically diverse, disjoint while the pool allows) and open a new round."""
     from corpus.pilot import select_pilot as choose
 
+    started = time.perf_counter()
     ctx = get_context(runtime)
-    specs, _ = model_specs(ctx)  # bad specs fail here, before any model runs
-    if len(specs) < 2:
-        raise InputError(f"at least two annotators are needed, got {list(specs)}")
+    models = run_models(state, ctx)  # bad specs fail here, before any model runs
     round_ = state.round + 1
     chosen = choose([d.text for d in state.documents], ctx.pilot_size, ctx.seed, round_ - 1, state.pilot_history)
+    report_step(runtime, StepFigures(
+        node="select_pilot", round=round_, seconds=time.perf_counter() - started,
+        pilot_documents=len(chosen), pool_documents=len(state.documents),
+    ))
     return {
-        "annotators": list(specs),
+        "models": models,
+        "annotators": models.names,
         "round": round_,
         "pilot_history": [*state.pilot_history, list(chosen)],
         "annotations": Overwrite([]),
@@ -93,13 +92,13 @@ def assign_annotators(state: DizinerState) -> list[Send]:
         Send(
             "annotate",
             AnnotateTask(
-                annotator=name,
+                spec=spec,
                 round=state.round,
                 documents=docs,
-                configuration=configuration_for(state.task, state.guideline, name),
+                configuration=configuration_for(state.task, state.guideline, spec.name),
             ),
         )
-        for name in state.annotators
+        for spec in state.models.annotators
     ]
 
 
@@ -108,25 +107,20 @@ def assign_annotators(state: DizinerState) -> list[Send]:
 
 async def annotate(task: AnnotateTask, runtime: Runtime[DizinerContext], *, models: ModelFactory) -> dict[str, Any]:
     """One annotator agent: all pilot documents, concurrently up to the model's limit."""
-    ctx = get_context(runtime)
-    specs, _ = model_specs(ctx)
-    spec = specs[task.annotator]
+    spec = task.spec
     started = time.perf_counter()
     try:
-        model = await get_model(models, spec)
+        outputs, usage = await run_annotator(models, spec, task.configuration, task.documents, task.round)
     except InputError as exc:  # e.g. a missing API key: every document fails with that reason
         outputs = [
             AnnotatorOutput(annotator=spec.name, document_id=d.id, status="failed", reason=str(exc)) for d in task.documents
         ]
-        return {"annotations": outputs, "usage": {spec.name: TokenUsage()}}
-
-    def config_for(doc: Document) -> dict[str, Any]:
-        return call_config(
-            f"annotate {doc.id}", ["annotator", spec.name], round=task.round, annotator=spec.name, document=doc.id, phase="annotate"
-        )
-
-    outputs, usage = await annotate_documents(model, spec, task.configuration, task.documents, task.round, config_for)
+        usage = TokenUsage()
     usage.seconds = time.perf_counter() - started
+    report_step(runtime, StepFigures(
+        node="annotate", round=task.round, annotator=spec.name, seconds=usage.seconds, documents=len(outputs),
+        failed=sum(1 for o in outputs if o.status != "ok"), spans=sum(len(o.spans) for o in outputs),
+    ))
     return {"annotations": outputs, "usage": {spec.name: usage}}
 
 
@@ -136,30 +130,22 @@ async def annotate(task: AnnotateTask, runtime: Runtime[DizinerContext], *, mode
 def analyze_disagreement(state: DizinerState, runtime: Runtime[DizinerContext]) -> dict[str, Any]:
     """The engine on this round's annotations; appends the round's figures and decides whether to stop."""
     from disagreement.engine import AnnotationBatch, EngineParams, analyze
-    from disagreement.io import agreement_figures, hotspot_kinds
-    from disagreement.report import ReportParams, annotator_error_report, build_report, render_markdown
 
     ctx = get_context(runtime)
     started = time.perf_counter()
-    pilot = [state.documents[i] for i in state.pilot_history[-1]]
-    by_key = {(o.annotator, o.document_id): o for o in state.annotations}
+    readings = state.pilot_readings()
     names = list(state.annotators)
-    docs = []
-    for d in pilot:
-        ann: dict[str, list[tuple[int, int, str]] | None] = {}
-        for name in names:
-            o = by_key.get((name, d.id))
-            ann[name] = None if o is None or o.status != "ok" else [(s.start, s.end, s.type) for s in o.spans]
-        docs.append((d.id, d.text, ann))
+    docs = [
+        (d.id, d.text, {n: None if r is None else [(s.start, s.end, s.type) for s in r] for n, r in ann.items()})
+        for _, d, ann in readings
+    ]
     failed = {n: sum(1 for _, _, a in docs if a[n] is None) for n in names}
-    succeeded = {n: len(docs) - failed[n] for n in names}
-    predicted = {n: sum(len(a[n] or []) for _, _, a in docs) for n in names}
     record = RoundRecord(
         round=state.round,
-        pilot=[d.id for d in pilot],
+        pilot=[d.id for _, d, _ in readings],
         failed=failed,
-        succeeded=succeeded,
-        predicted_spans=predicted,
+        succeeded={n: len(docs) - failed[n] for n in names},
+        predicted_spans={n: sum(len(a[n] or []) for _, _, a in docs) for n in names},
         token_usage=dict(state.usage),
     )
     report = None
@@ -168,36 +154,42 @@ def analyze_disagreement(state: DizinerState, runtime: Runtime[DizinerContext]) 
     except InputError as exc:
         record.error = str(exc)
     else:
-        params = ReportParams(max_examples_per_type=ctx.max_report_examples)
-        structured = build_report(result, params)
-        compact = ReportParams(max_examples_per_type=min(2, ctx.max_report_examples))
-        stats = AgreementStats(**agreement_figures(result))
-        ids = result.batch.doc_ids
-        hotspots = [
-            Hotspot(
-                document_id=ids[h.doc], start=h.start, end=h.end, token_start=h.token_start, token_end=h.token_end,
-                kind=h.kind, text=result.batch.texts[h.doc][h.start:h.end],
-            )
-            for h in result.hotspots
-        ]
-        report = DisagreementReport(
-            agreement=stats,
-            hotspots=hotspots,
-            hotspot_kinds=hotspot_kinds(result),
-            consensus={ids[i]: [Span(start=s, end=e, type=t) for s, e, t in spans] for i, spans in enumerate(result.consensus_spans)},
-            markdown=render_markdown(structured),
-            markdown_compact=render_markdown(build_report(result, compact)),
-            annotator_reports={m: annotator_error_report(result, m, params) for m in result.models},
-        )
+        report = round_report(result, ctx.max_report_examples)
+        stats = report.agreement
         record.mean_pairwise_f1 = stats.mean_pairwise_f1
         record.mean_agreement = stats.mean_agreement
         record.weights = stats.weights
         record.elite = stats.elite
-        record.hotspots = len(hotspots)
+        record.hotspots = len(report.hotspots)
     record.seconds["analyze_disagreement"] = time.perf_counter() - started
     history = [*state.history, record]
     reason = stop_decision(history, ctx.max_loops, ctx.min_gain, ctx.patience)
+    report_step(runtime, StepFigures(
+        node="analyze_disagreement", round=state.round, seconds=record.seconds["analyze_disagreement"],
+        mean_pairwise_f1=record.mean_pairwise_f1, hotspots=record.hotspots, elite=record.elite,
+        not_analysed=record.error if record.mean_pairwise_f1 is None else None, stop_reason=reason,
+    ))
     return {"report": report, "history": history, "stop_reason": reason}
+
+
+def round_report(result: Any, max_examples: int) -> DisagreementReport:
+    """The engine's result as the state's report: agreement figures, hotspots and consensus (the same records
+    `diziner analyze --json` prints), the supervisor's Markdown report (full and compact) and per-annotator reports."""
+    from disagreement.io import consensus_records, hotspot_records
+    from disagreement.render_markdown import render_annotator_markdown, render_markdown
+    from disagreement.report import ReportParams, agreement_figures, build_annotator_report, build_report, hotspot_kinds
+
+    params = ReportParams(max_examples_per_type=max_examples)
+    compact = ReportParams(max_examples_per_type=min(2, max_examples))
+    return DisagreementReport(
+        agreement=AgreementStats(**agreement_figures(result)),
+        hotspots=[Hotspot(**h) for h in hotspot_records(result)],
+        hotspot_kinds=hotspot_kinds(result),
+        consensus={doc_id: [Span(**s) for s in spans] for doc_id, spans in consensus_records(result).items()},
+        markdown=render_markdown(build_report(result, params)),
+        markdown_compact=render_markdown(build_report(result, compact)),
+        annotator_reports={m: render_annotator_markdown(build_annotator_report(result, m, params)) for m in result.models},
+    )
 
 
 # ---------------------------------------------------------------- the supervisor's four phases
@@ -222,11 +214,9 @@ def _roles(state: DizinerState) -> dict[str, str]:
     return roles
 
 
-def _update_last_round(state: DizinerState, **changes: Any) -> list[RoundRecord]:
-    last = state.history[-1].model_copy(deep=True)
-    for key, value in changes.items():
-        setattr(last, key, value)
-    return [*state.history[:-1], last]
+def _common(state: DizinerState, ctx: DizinerContext) -> str:
+    goal, in_force = _supervisor_inputs(state, ctx)
+    return sup.common_context(state.task.entity_types, goal, in_force, _roles(state))
 
 
 def _supervisor_record(state: DizinerState) -> tuple[list[SupervisorRound], SupervisorRound]:
@@ -235,73 +225,81 @@ def _supervisor_record(state: DizinerState) -> tuple[list[SupervisorRound], Supe
     return list(state.supervisor), SupervisorRound(round=state.round)
 
 
-def _add_usage(state: DizinerState, usage: TokenUsage, node: str, seconds: float) -> list[RoundRecord]:
-    last = state.history[-1]
-    token_usage = dict(last.token_usage)
-    token_usage["supervisor"] = token_usage.get("supervisor", TokenUsage()).add(usage)
-    timing = {**last.seconds, node: seconds}
-    return _update_last_round(state, token_usage=token_usage, seconds=timing)
+def _with_usage(state: DizinerState, usage: TokenUsage, node: str, seconds: float) -> list[RoundRecord]:
+    """The history with the supervisor's tokens and this node's time added to the last round."""
+    last = state.history[-1].model_copy(deep=True)
+    last.token_usage = dict(last.token_usage)
+    last.token_usage["supervisor"] = last.token_usage.get("supervisor", TokenUsage()).add(usage)
+    last.seconds = {**last.seconds, node: seconds}
+    return [*state.history[:-1], last]
 
 
-async def _phase(state, runtime, factory, node: str, schema_name: str, build_prompt, extra_meta=None):
-    ctx = get_context(runtime)
-    _, spec = model_specs(ctx)
-    schema = getattr(sup.schemas_for(spec), schema_name)
-    model = await get_model(factory, spec)
+async def _ask_supervisor(
+    state: DizinerState, factory: ModelFactory, phase: SupervisorPhase, build_prompt: Callable[[int], str],
+    annotator: str | None = None,
+) -> tuple[BaseModel, TokenUsage]:
+    """One supervisor call for `phase`: its record on success; PhaseFailed (or a build error) otherwise."""
+    spec = state.models.supervisor
+    model = await named_chat_model(factory, spec)
     prompt = sup.fit(build_prompt, spec)
-    meta = {"round": state.round, "phase": node, **(extra_meta or {})}
-    cfg = call_config(f"{node} · {spec.name}", ["supervisor", node], **meta)
-    return await sup.call_phase(model, spec, schema, prompt, cfg)
+    meta: dict[str, Any] = {"round": state.round, "phase": phase.value}
+    if annotator is not None:
+        meta["annotator"] = annotator
+    cfg = trace_config(f"{phase.value} · {spec.name}", ["supervisor", phase.value], **meta)
+    answer, usage = await sup.call_phase(model, spec, sup.schema_for(spec, phase), prompt, cfg)
+    return as_record(phase, answer), usage
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, sup.PhaseFailed) else f"{type(exc).__name__}: {exc}"
-    return text[:500]
-
-
-def _record_failure(rec: SupervisorRound, key: str, exc: BaseException) -> None:
+def _failure(phase: SupervisorPhase, exc: BaseException, annotator: str | None = None) -> PhaseFailure:
     """Why a phase failed, and the unusable answer when there was one (never an empty result in its place)."""
-    rec.failures[key] = _reason(exc)
-    raw = getattr(exc, "raw_text", None)
-    if raw:
-        rec.failed_answers[key] = raw
+    reason = str(exc) if isinstance(exc, sup.PhaseFailed) else f"{type(exc).__name__}: {exc}"
+    return PhaseFailure(phase=phase, annotator=annotator, reason=reason[:500], answer=getattr(exc, "raw_text", None) or None)
 
 
-async def _single_phase(state, runtime, models, node: str, schema: str, build, store) -> dict[str, Any]:
-    """Run one supervisor call for `node`; `store(record, output)` files the result. A failure is recorded in the
+def _phase_figures(runtime: Any, state: DizinerState, rec: SupervisorRound, phase: SupervisorPhase, seconds: float,
+                   **figures: Any) -> None:
+    failures = {f.key: f.reason for f in rec.failures if f.phase == phase}
+    report_step(runtime, StepFigures(node=phase.value, round=state.round, seconds=seconds, failures=failures, **figures))
+
+
+async def _single_phase(state, runtime, models, phase: SupervisorPhase, build, store, report: bool = True) -> dict[str, Any]:
+    """Run one supervisor call for `phase`; `store(record, answer)` files the result. A failure is recorded in the
     round's supervisor record (never silently replaced by an empty result) and the loop goes on."""
     started = time.perf_counter()
     rounds, rec = _supervisor_record(state)
     usage = TokenUsage()
     try:
-        out, usage = await _phase(state, runtime, models, node, schema, build)
+        out, usage = await _ask_supervisor(state, models, phase, build)
         store(rec, out)
     except Exception as exc:
-        _record_failure(rec, node, exc)
+        rec.failures.append(_failure(phase, exc))
         usage = getattr(exc, "usage", usage)
-    return {"supervisor": [*rounds, rec], "history": _add_usage(state, usage, node, time.perf_counter() - started)}
+    seconds = time.perf_counter() - started
+    if report:
+        _phase_figures(runtime, state, rec, phase, seconds)
+    return {"supervisor": [*rounds, rec], "history": _with_usage(state, usage, phase.value, seconds)}
 
 
 async def analyze_patterns(state: DizinerState, runtime: Runtime[DizinerContext], *, models: ModelFactory) -> dict[str, Any]:
     """Phase 1: recurring disagreement patterns, root causes, competing approaches and who holds them."""
     ctx = get_context(runtime)
-    goal, in_force = _supervisor_inputs(state, ctx)
-    common = sup.common_context(state.task.entity_types, goal, in_force, _roles(state))
+    common = _common(state, ctx)
     report = state.report
 
     def build(level: int) -> str:
         md = report.markdown if level >= 5 else report.markdown_compact
-        return sup.render_phase(
+        return render(
             "supervisor_patterns", common=common, report=md, max_patterns=ctx.max_patterns, max_common=ctx.max_common_instructions
         )
 
     def store(rec: SupervisorRound, out: Any) -> None:
-        rec.patterns = out.model_dump(mode="json")
+        rec.patterns = out
 
-    return await _single_phase(state, runtime, models, "analyze_patterns", "PatternAnalysis", build, store)
+    return await _single_phase(state, runtime, models, SupervisorPhase.PATTERNS, build, store)
 
 
 def diagnosis_targets(state: DizinerState, ctx: DizinerContext) -> list[str]:
+    """The annotators phase 2 diagnoses: the non-elite ones, or all with `diagnose_all`."""
     stats = state.report.agreement
     return [m for m in stats.models if ctx.diagnose_all or m not in stats.elite]
 
@@ -310,18 +308,18 @@ async def diagnose_models(state: DizinerState, runtime: Runtime[DizinerContext],
     """Phase 2: one diagnosis per non-elite annotator (or all), concurrently."""
     ctx = get_context(runtime)
     started = time.perf_counter()
-    goal, in_force = _supervisor_inputs(state, ctx)
+    _, in_force = _supervisor_inputs(state, ctx)
     rounds, rec = _supervisor_record(state)
-    common = sup.common_context(state.task.entity_types, goal, in_force, _roles(state))
+    common = _common(state, ctx)
     patterns = sup.as_json(rec.patterns or {})
     elite = set(state.report.agreement.elite)
+    phase = SupervisorPhase.DIAGNOSIS
 
-    async def one(name: str) -> tuple[str, Any, TokenUsage, str | None]:
+    async def one(name: str) -> tuple[str, Any, TokenUsage, BaseException | None]:
         own = (in_force.per_annotator.get(name) if in_force else None) or []
-        from agents.guideline import render_instructions
 
         def build(level: int) -> str:
-            return sup.render_phase(
+            return render(
                 "supervisor_diagnosis", common=common, patterns=patterns, annotator=name,
                 error_report=state.report.annotator_reports.get(name, "(no report)"),
                 own_instructions=render_instructions(own) or "(none)",
@@ -329,8 +327,8 @@ async def diagnose_models(state: DizinerState, runtime: Runtime[DizinerContext],
             )
 
         try:
-            out, usage = await _phase(state, runtime, models, "diagnose_models", "AnnotatorDiagnosis", build, {"annotator": name})
-            return name, out.model_dump(mode="json"), usage, None
+            out, usage = await _ask_supervisor(state, models, phase, build, annotator=name)
+            return name, out, usage, None
         except Exception as exc:
             return name, None, getattr(exc, "usage", TokenUsage()), exc
 
@@ -341,29 +339,31 @@ async def diagnose_models(state: DizinerState, runtime: Runtime[DizinerContext],
         if out is not None:
             rec.diagnoses[name] = out
         else:
-            _record_failure(rec, f"diagnose_models:{name}", exc)
-    return {"supervisor": [*rounds, rec], "history": _add_usage(state, usage, "diagnose_models", time.perf_counter() - started)}
+            rec.failures.append(_failure(phase, exc, annotator=name))
+    seconds = time.perf_counter() - started
+    _phase_figures(runtime, state, rec, phase, seconds, diagnoses=len(rec.diagnoses))
+    return {"supervisor": [*rounds, rec], "history": _with_usage(state, usage, phase.value, seconds)}
 
 
 async def integrate_guidelines(state: DizinerState, runtime: Runtime[DizinerContext], *, models: ModelFactory) -> dict[str, Any]:
     """Phase 3: concrete common and per-annotator instructions, conflicts settled by the goal (which it may sharpen)."""
     ctx = get_context(runtime)
-    goal, in_force = _supervisor_inputs(state, ctx)
     _, rec = _supervisor_record(state)
-    common = sup.common_context(state.task.entity_types, goal, in_force, _roles(state))
+    common = _common(state, ctx)
     targets = diagnosis_targets(state, ctx)
+    diagnoses = {name: d.model_dump(mode="json") for name, d in rec.diagnoses.items()}
 
     def build(level: int) -> str:
-        return sup.render_phase(
+        return render(
             "supervisor_integration", common=common, patterns=sup.as_json(rec.patterns or {}),
-            diagnoses=sup.as_json(rec.diagnoses), max_common=ctx.max_common_instructions,
+            diagnoses=sup.as_json(diagnoses), max_common=ctx.max_common_instructions,
             max_model=ctx.max_model_instructions, targets=", ".join(targets) or "(none)",
         )
 
     def store(record: SupervisorRound, out: Any) -> None:
-        record.integration = out.model_dump(mode="json")
+        record.integration = out
 
-    return await _single_phase(state, runtime, models, "integrate_guidelines", "Integration", build, store)
+    return await _single_phase(state, runtime, models, SupervisorPhase.INTEGRATION, build, store)
 
 
 async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerContext], *, models: ModelFactory) -> dict[str, Any]:
@@ -371,52 +371,63 @@ async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerConte
 
     When phase 3 produced nothing, or this phase fails, the guideline in force is kept (not emptied)."""
     ctx = get_context(runtime)
-    goal, in_force = _supervisor_inputs(state, ctx)
+    started = time.perf_counter()
+    goal, _ = _supervisor_inputs(state, ctx)
+    phase = SupervisorPhase.ORGANIZATION
     _, rec = _supervisor_record(state)
     drafted: list[Guideline] = []
     if rec.integration is None:
         rounds, rec = _supervisor_record(state)
-        rec.failures.setdefault("organize_guidelines", "skipped: phase 3 produced nothing; the guideline in force is kept")
+        if rec.failure(phase) is None:
+            rec.failures.append(PhaseFailure(
+                phase=phase, reason="skipped: phase 3 produced nothing; the guideline in force is kept"
+            ))
         update: dict[str, Any] = {"supervisor": [*rounds, rec], "history": list(state.history)}
     else:
-        common = sup.common_context(state.task.entity_types, goal, in_force, _roles(state))
+        common = _common(state, ctx)
+        integration = rec.integration
 
         def build(level: int) -> str:
-            return sup.render_phase(
-                "supervisor_organization", common=common, integration=sup.as_json(rec.integration),
+            return render(
+                "supervisor_organization", common=common, integration=sup.as_json(integration),
                 max_common=ctx.max_common_instructions, max_model=ctx.max_model_instructions,
             )
 
         def store(record: SupervisorRound, out: Any) -> None:
-            record.organization = out.model_dump(mode="json")
-            new_goal, refused = sup.sharpened_goal(goal, record.integration)
-            if refused:
-                record.failures[GOAL_REFUSED] = refused
+            record.organization = out
+            new_goal, refused = sup.sharpened_goal(goal, integration)
+            record.goal_refused = refused
             capped, cut = enforce_caps(
                 sup.organization_to_guideline(out, new_goal), state.annotators, ctx.max_common_instructions, ctx.max_model_instructions
             )
-            if cut:
-                record.organization["cut_by_caps"] = cut
+            record.cut_by_caps = cut
             drafted.append(capped)
 
-        update = await _single_phase(state, runtime, models, "organize_guidelines", "Organization", build, store)
+        update = await _single_phase(state, runtime, models, phase, build, store, report=False)
     new_guideline = drafted[0] if drafted else state.guideline
-    history = [*update["history"][:-1], update["history"][-1].model_copy(update={"guideline_change": change_ratio(state.guideline, new_guideline)})]
+    change = change_ratio(state.guideline, new_guideline)
+    _phase_figures(runtime, state, update["supervisor"][-1], phase, time.perf_counter() - started, guideline_change=change)
+    history = [*update["history"][:-1], update["history"][-1].model_copy(update={"guideline_change": change})]
     return {**update, "guideline": new_guideline, "history": history}
 
 
 # ---------------------------------------------------------------- selection
 
 
-def select_best(state: DizinerState) -> dict[str, Any]:
-    """The label-free choice (DIZINER.md 15.3) and the export of that configuration as a guideline."""
+def select_best(state: DizinerState, runtime: Runtime[DizinerContext]) -> dict[str, Any]:
+    """The label-free choice (docs/method.md#selection) and the export of that configuration as a guideline."""
     chosen = select_configuration(state.history)
     if chosen is None:
+        report_step(runtime, StepFigures(node="select_best", round=state.round, selected_nothing=True))
         return {"selection": None, "selected_configuration": None, "guideline_markdown": None,
                 "stop_reason": state.stop_reason or "no eligible annotator"}
     round_, annotator, score = chosen
     used = state.guidelines_used[round_ - 1] if round_ - 1 < len(state.guidelines_used) else Guideline()
     configuration = configuration_for(state.task, used, annotator)
+    report_step(runtime, StepFigures(
+        node="select_best", round=state.round,
+        selection=SelectionFigures(round=round_, annotator=annotator, mean_pairwise_f1=score),
+    ))
     return {
         "selection": Selection(round=round_, annotator=annotator, mean_pairwise_f1=score),
         "selected_configuration": {"round": round_, "annotator": annotator, **configuration.model_dump(mode="json", by_alias=True)},

@@ -1,4 +1,7 @@
-"""Loop control and the label-free selection: pure functions over the round history (issue 3)."""
+"""Loop control and the label-free selection: pure functions over the round history.
+
+The rules: docs/method.md#loop-and-stop-rule and docs/method.md#selection.
+"""
 
 from __future__ import annotations
 
@@ -53,4 +56,5 @@ def select_configuration(history: Sequence[RoundRecord]) -> tuple[int, str, floa
 
 
 def route_after_analysis(state: DizinerState) -> Literal["analyze_patterns", "select_best"]:
+    """After the disagreement node: the supervisor's first phase, or the selection once the stop rule fired."""
     return "select_best" if state.stop_reason else "analyze_patterns"

@@ -1,4 +1,4 @@
-"""The LangGraph state of the pilot-annotation loop: input, full state and output schemas (issue 3).
+"""The LangGraph state of the pilot-annotation loop: input, full state and output schemas.
 
 Everything a person inspects in Studio lives here: the pool, the pilot sets, each round's annotations,
 figures, report, the supervisor's four phase outputs, and the guideline in force.
@@ -10,7 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from state.models import AnnotatorOutput, DisagreementReport, Document, Instruction, TaskDefinition
+from agents.models.runfile import RunModels
+from state.models import AnnotatorOutput, DisagreementReport, Document, Instruction, Span, TaskDefinition
+from state.phases import AnnotatorDiagnosis, Integration, Organization, PatternAnalysis, SupervisorPhase
 
 
 def merge_annotations(left: list[AnnotatorOutput] | None, right: list[AnnotatorOutput] | None) -> list[AnnotatorOutput]:
@@ -34,6 +36,7 @@ class Guideline(BaseModel):
 
 
 class TokenUsage(BaseModel):
+    """Tokens and calls of one annotator (or the supervisor) in a round, and the wall time."""
     input_tokens: int = 0
     output_tokens: int = 0
     calls: int = 0
@@ -81,27 +84,50 @@ class Selection(BaseModel):
     mean_pairwise_f1: float
 
 
-GOAL_REFUSED = "integrate_guidelines:goal"
-"""`SupervisorRound.failures` key: phase 3 proposed a sharpened goal that was refused (`agents.supervisor.sharpened_goal`)."""
+class PhaseFailure(BaseModel):
+    """A supervisor phase (for phase 2: one annotator's diagnosis) that gave no usable answer, or was skipped."""
+
+    phase: SupervisorPhase
+    annotator: str | None = Field(default=None, description="phase 2: whose diagnosis failed")
+    reason: str
+    answer: str | None = Field(default=None, description="the model's unusable answer, if it gave one")
+
+    @property
+    def key(self) -> str:
+        """'diagnose_models:<annotator>' or the phase's node name (the summary.json key)."""
+        return f"{self.phase.value}:{self.annotator}" if self.annotator else self.phase.value
 
 
 class SupervisorRound(BaseModel):
-    """The four phases' outputs of one supervisor round (JSON-able dicts, one schema per phase)."""
+    """The four phases' answers of one supervisor round, and what failed or was refused."""
 
     round: int
-    patterns: dict[str, Any] | None = None
-    diagnoses: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    integration: dict[str, Any] | None = None
-    organization: dict[str, Any] | None = None
-    failures: dict[str, str] = Field(default_factory=dict, description="phase -> why it failed")
-    failed_answers: dict[str, str] = Field(default_factory=dict, description="phase -> the unusable answer, if any")
+    patterns: PatternAnalysis | None = None
+    diagnoses: dict[str, AnnotatorDiagnosis] = Field(default_factory=dict)
+    integration: Integration | None = None
+    organization: Organization | None = None
+    cut_by_caps: dict[str, int] = Field(default_factory=dict, description="instructions phase 4 wrote beyond the caps")
+    goal_refused: str | None = Field(default=None, description="why phase 3's sharpened goal was refused")
+    failures: list[PhaseFailure] = Field(default_factory=list)
+
+    def failure(self, phase: SupervisorPhase, annotator: str | None = None) -> PhaseFailure | None:
+        return next((f for f in self.failures if f.phase == phase and f.annotator == annotator), None)
+
+    def summary_failures(self) -> dict[str, str]:
+        """{phase or 'diagnose_models:<annotator>': reason}, with a refused goal as 'integrate_guidelines:goal'."""
+        out = {f.key: f.reason for f in self.failures}
+        if self.goal_refused:
+            out[f"{SupervisorPhase.INTEGRATION.value}:goal"] = self.goal_refused
+        return out
 
 
 class DizinerInput(BaseModel):
-    """What a run starts from: a task file's content and the unlabelled pool."""
+    """What a run starts from: a task file's content and the unlabelled pool (and, from `diziner refine`, the run's
+    resolved models; without them the first node resolves the context's)."""
 
     task: TaskDefinition
     documents: list[Document] = Field(min_length=1)
+    models: RunModels | None = Field(default=None, description="resolved models; empty: from the run context")
 
 
 class DizinerOutput(BaseModel):
@@ -125,3 +151,19 @@ class DizinerState(DizinerInput, DizinerOutput):
     )
     supervisor: list[SupervisorRound] = Field(default_factory=list)
     status: Literal["running", "stopped"] = "running"
+
+    def pilot_readings(self) -> list[tuple[int, Document, dict[str, list[Span] | None]]]:
+        """The current round's pilot documents in pilot-set order, each with its pool index and every annotator's
+        spans (None where the annotator failed or left no output), annotators in run order."""
+        if self.round < 1 or len(self.pilot_history) < self.round:
+            return []
+        by_key = {(o.annotator, o.document_id): o for o in self.annotations}
+        out = []
+        for i in self.pilot_history[self.round - 1]:
+            doc = self.documents[i]
+            readings: dict[str, list[Span] | None] = {}
+            for name in self.annotators:
+                o = by_key.get((name, doc.id))
+                readings[name] = None if o is None or o.status != "ok" else list(o.spans)
+            out.append((i, doc, readings))
+        return out

@@ -1,4 +1,4 @@
-"""The method's objects as typed Pydantic v2 models (issue 2, item 1; DIZINER.md sections 1, 3, 6-11).
+"""The method's objects as typed Pydantic v2 models (docs/method.md#task-configuration).
 
 Spans are validated against their document when a validation context supplies it:
 `Model.model_validate(data, context={"text": text, "types": {...}})` rejects a span outside the text or of an
@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from state.errors import InputError
+from state.inputs import describe_validation_error
 
 TYPE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
@@ -72,18 +73,13 @@ class TaskDefinition(_Model):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TaskDefinition":
-        import yaml
+        """A task file; every problem is an InputError naming the file, line and field."""
+        from state.inputs import load_yaml, validate_yaml
 
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InputError(f"cannot read task file: {exc.strerror or exc}", path=str(p)) from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            raise InputError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=str(p), line=line) from None
-        return cls.from_data(data, source=str(p))
+        data, root = load_yaml(path, "task file")
+        if not isinstance(data, dict):
+            raise InputError("a task must be a mapping with name, entity_types, final_task_goal", path=str(path))
+        return validate_yaml(cls, data, root, path)
 
     @classmethod
     def from_data(cls, data: Any, source: str = "task") -> "TaskDefinition":
@@ -182,6 +178,7 @@ class AnnotatorOutput(_Model):
 
 
 class AgreementStats(_Model):
+    """A round's agreement figures: weights, pairwise and mean agreement, elite, hotspot threshold (docs/method.md#agreement-and-weights)."""
     models: list[str]
     excluded: list[str] = Field(default_factory=list)
     weights: dict[str, float]
@@ -197,6 +194,7 @@ HotspotKind = Literal["complex", "elite_split", "systematic_bias", "minor"]
 
 
 class Hotspot(_Model):
+    """A disputed span of a pilot document and its kind (docs/method.md#hotspot-kinds)."""
     document_id: str
     start: int
     end: int
@@ -216,13 +214,3 @@ class DisagreementReport(_Model):
     markdown: str = ""
     markdown_compact: str = Field(default="", description="the same report with at most two examples per type")
     annotator_reports: dict[str, str] = Field(default_factory=dict, description="per-annotator error reports")
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """Pydantic's errors as one readable line each: 'entity_types.2.name: ...'."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "(root)"
-        msg = err.get("msg", "invalid").removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)

@@ -9,10 +9,11 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from agents.annotator import annotate_document, entity_schema
-from agents.models import parse_model_spec
+from agents.models import DEFAULT_PROFILE, SMALL_PROFILE, parse_model_spec
 from agents.structured import invoke_structured
-from agents.supervisor import COMPACT, GENEROUS, phase_schemas, sharpened_goal
+from agents.supervisor import sharpened_goal
 from state.models import Document, EntityType, TaskConfiguration
+from state.phases import Integration, phase_schemas
 from tests.scripted import ScriptedChatModel
 
 
@@ -35,9 +36,9 @@ def test_entity_schema_is_closed_and_requires_the_entity_list() -> None:
             model.model_validate(bad)
 
 
-@pytest.mark.parametrize("bounds", [COMPACT, GENEROUS])
-def test_phase_schemas_are_closed(bounds: tuple[int, int]) -> None:
-    schemas = phase_schemas(*bounds)
+@pytest.mark.parametrize("profile", [SMALL_PROFILE, DEFAULT_PROFILE])
+def test_phase_schemas_are_closed(profile) -> None:
+    schemas = phase_schemas(profile.phase_items, profile.phase_chars, profile.phase_examples)
     for name in ("PatternAnalysis", "AnnotatorDiagnosis", "Integration", "Organization"):
         model: type[BaseModel] = getattr(schemas, name)
         objects = _objects(model.model_json_schema())
@@ -95,9 +96,9 @@ GOAL = "PURPOSE: mark people and places in news.\nDOWNSTREAM USE: search.\nPRINC
 
 def test_sharpened_goal_is_adopted_only_when_changed_and_complete() -> None:
     longer = GOAL + "\nClarified: titles such as 'President' are left out of PER spans."
-    assert sharpened_goal(GOAL, {"goal": longer, "goal_changed": True}) == (longer, None)
-    assert sharpened_goal(GOAL, {"goal": longer, "goal_changed": False}) == (GOAL, None)  # not declared changed
-    assert sharpened_goal(GOAL, {"goal": "", "goal_changed": True}) == (GOAL, None)
-    assert sharpened_goal(GOAL, {}) == (GOAL, None)
-    goal, refused = sharpened_goal(GOAL, {"goal": "Your task", "goal_changed": True})
+    assert sharpened_goal(GOAL, Integration(goal=longer, goal_changed=True)) == (longer, None)
+    assert sharpened_goal(GOAL, Integration(goal=longer, goal_changed=False)) == (GOAL, None)  # not declared changed
+    assert sharpened_goal(GOAL, Integration(goal="", goal_changed=True)) == (GOAL, None)
+    assert sharpened_goal(GOAL, Integration()) == (GOAL, None)
+    goal, refused = sharpened_goal(GOAL, Integration(goal="Your task", goal_changed=True))
     assert goal == GOAL and refused and "refused" in refused and "'Your task'" in refused

@@ -19,9 +19,8 @@ from typing import Literal
 
 import pytest
 
-from agents import embedded
-from agents.annotator import EMBEDDED_MAX_ENTITIES, schema_for
-from agents.models import chat_model, parse_model_spec, structured_output_method
+from agents.annotator import schema_for
+from agents.models import SMALL_PROFILE, chat_model, embedded, parse_model_spec
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +43,8 @@ SENTENCES = (
 
 
 def messages(alias: str, text: str) -> list[tuple[str, str]]:
-    """The documented contract: Gemma has no system role, so instructions go into the user turn."""
-    if embedded.merges_system_prompt(alias):
-        return [("user", f"{INSTRUCTIONS}\n\nText: {text}")]
-    return [("system", INSTRUCTIONS), ("user", f"Text: {text}")]
+    """One user turn, as every prompt of the product is (Gemma's template has no system role)."""
+    return [("user", f"{INSTRUCTIONS}\n\nText: {text}")]
 
 
 def health(base_url: str) -> int | None:
@@ -102,11 +99,11 @@ def test_structured_output_validates(alias: str) -> None:
     """The product's annotator schema for the embedded models, with their default caps: a valid answer."""
     spec = parse_model_spec(f"embedded:{alias}")
     schema = schema_for(spec, TYPES)
-    model = chat_model(spec).with_structured_output(schema, method=structured_output_method(spec))
+    model = chat_model(spec).with_structured_output(schema, method="json_schema")
     for sentence in SENTENCES:
         result = model.invoke(messages(alias, sentence))
         assert isinstance(result, schema)
-        assert len(result.entities) <= EMBEDDED_MAX_ENTITIES and all(e.type.value in TYPES for e in result.entities)
+        assert len(result.entities) <= SMALL_PROFILE.max_entities and all(e.type.value in TYPES for e in result.entities)
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -161,7 +158,7 @@ def test_openmp_threads_sleep_when_idle_and_environment_is_restored() -> None:
     """Spinning OpenMP threads made calls 30-100x slower on a shared 2-core machine."""
     code = (
         "import os\n"
-        "from agents import embedded\n"
+        "from agents.models import embedded\n"
         "embedded._import_xllamacpp()\n"
         "print('left in environment:', os.environ.get('OMP_WAIT_POLICY'))\n"
     )

