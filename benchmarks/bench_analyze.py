@@ -1,6 +1,6 @@
 """Speed of `diziner analyze --json` against its floor: a process that only reads and json.loads the input.
 
-Issue 2, item 8: on 20,000 documents x 8 annotators the whole `diziner analyze --json` process must take at most
+The target: on 20,000 documents x 8 annotators the whole `diziner analyze --json` process must take at most
 8x the floor, and 20,000 documents at most 5x as long as 5,000. Prints figures; asserts nothing.
 
     .venv/bin/python benchmarks/bench_analyze.py [--docs 20000] [--small 5000] [--annotators 8] [--repeats 3]

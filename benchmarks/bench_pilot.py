@@ -1,4 +1,4 @@
-"""Speed of the pilot-set sampler (issue 3, "Pilot sets"): TF-IDF features and 5 rounds of selection.
+"""Speed of the pilot-set sampler (docs/method.md#pilot-sets): TF-IDF features and 5 rounds of selection.
 
 Two pools: a synthetic one of 100,000 short texts (Zipfian words, 8-20 tokens each) and the real crossner_politics
 train + dev sentences. Prints figures; asserts nothing.

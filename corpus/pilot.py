@@ -1,11 +1,11 @@
-"""Pilot sets: which documents the annotators label in each round (issue 3, "Pilot sets").
+"""Pilot sets: which documents the annotators label in each round (docs/method.md#pilot-sets).
 
-The rule, to the letter of the issue: `pilot_size` documents per round (default 25), chosen for lexical diversity
+The rule: `pilot_size` documents per round (default 25), chosen for lexical diversity
 with TF-IDF vectors and seeded k-means in numpy, taking the member nearest each centroid; a fresh disjoint set each
 round while the pool allows, then the least recently used documents; a pool no larger than `pilot_size` is used whole
 each round. Seeded and reproducible.
 
-This follows the reference's lexical-diversity grouping (DIZINER.md section 2.2: k-means with k = group size on the
+This follows the reference's lexical-diversity grouping (k-means with k = group size on the
 *remaining* pool, the member closest to each centroid, chosen sets removed from the pool) with two differences:
 sentence embeddings are replaced by TF-IDF vectors (no embedding model is available offline), and the sets are not
 precomputed as 20 groups but drawn round by round from the history of earlier rounds, so a run can resume anywhere.

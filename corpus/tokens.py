@@ -1,4 +1,4 @@
-"""The engine's tokens, spans -> IOB2, and grounding of entity strings (issue 2, item 4).
+"""The engine's tokens, spans -> IOB2, and grounding of entity strings (docs/method.md#tokens-and-iob2, #grounding).
 
 Tokens are the runs of word characters and every other non-space character on its own
 (`\\w+|[^\\w\\s]`, so "Paris," is two tokens). One vectorised routine, `label_tokens`, projects many annotators'
@@ -138,7 +138,7 @@ def label_tokens(
 ) -> TokenLabels:
     """Spans -> IOB2 label ids over the engine's tokens, for several groups (annotators) at once.
 
-    Issue 2, item 4: a span covers every token it overlaps; a group's spans (duplicates removed) are taken in
+    A span covers every token it overlaps; a group's spans (duplicates removed) are taken in
     order of (start char, length descending, type in string order -- type ids must follow that order); a span
     that touches an already labelled token, or covers no token, is dropped and counted. Duplicates are not
     counted as dropped. `start`/`end` are document-relative character offsets.
@@ -248,7 +248,7 @@ class Grounding:
 
 
 def ground(text: str, entities: Iterable[tuple[str, str]]) -> Grounding:
-    """Ground an LLM's (entity string, type) pairs onto `text` (issue 2, item 4).
+    """Ground an LLM's (entity string, type) pairs onto `text` (docs/method.md#grounding).
 
     Every occurrence whose start and end fall on token boundaries becomes a span; exact matches first, and a
     case-insensitive match only when there is no exact one. Occurrences may overlap (the IOB2 projection then

@@ -27,7 +27,7 @@ class DizinerContext(BaseModel):
     pilot_size: int = Field(default=25, ge=1, description="documents per pilot set")
     min_gain: float = Field(default=0.01, ge=0.0, description="a round is stale unless agreement beats the best so far by more than this")
     patience: int = Field(default=1, ge=1, description="consecutive stale rounds that stop the run")
-    seed: int = Field(default=42, description="seed of the pilot-set selection")
+    seed: int = Field(default=42, ge=0, description="seed of the pilot-set selection (a non-negative integer)")
     max_patterns: int = Field(default=5, ge=1, description="phase 1: disagreement patterns at most")
     max_common_instructions: int = Field(default=3, ge=1, description="top-level common instructions in force at most")
     max_model_instructions: int = Field(default=2, ge=0, description="instructions per annotator at most")

@@ -36,19 +36,25 @@ class Guideline(BaseModel):
 
 
 class TokenUsage(BaseModel):
-    """Tokens and calls of one annotator (or the supervisor) in a round, and the wall time."""
+    """Tokens and calls of one model (an annotator or the supervisor) over some calls, and the wall time.
+
+    `calls` counts the requests sent and billed: retries, failed answers and preflight checks included. Calls the
+    call cache answered are not sent: they are counted in `cache_hits`, with their stored tokens in the `cache_*`
+    fields. `estimated_calls` counts calls whose tokens were estimated from text length (the server gave none).
+    """
+
     input_tokens: int = 0
+    cached_input_tokens: int = Field(default=0, description="input tokens the provider served from its prompt cache")
     output_tokens: int = 0
     calls: int = 0
+    estimated_calls: int = 0
+    cache_hits: int = 0
+    cache_input_tokens: int = 0
+    cache_output_tokens: int = 0
     seconds: float = 0.0
 
-    def add(self, other: "TokenUsage") -> "TokenUsage":
-        return TokenUsage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            calls=self.calls + other.calls,
-            seconds=self.seconds + other.seconds,
-        )
+    def add(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(**{name: getattr(self, name) + getattr(other, name) for name in TokenUsage.model_fields})
 
 
 def merge_usage(left: dict[str, TokenUsage] | None, right: dict[str, TokenUsage] | None) -> dict[str, TokenUsage]:

@@ -1,4 +1,4 @@
-"""Tests for the pilot-set sampler (issue 3, "Pilot sets"): TF-IDF, k-means, diverse choice, the per-round rule."""
+"""Tests for the pilot-set sampler: TF-IDF, k-means, diverse choice, the per-round rule."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""State models and task files (issue 2, items 1 and 2)."""
+"""State models and task files."""
 
 from __future__ import annotations
 

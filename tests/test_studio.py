@@ -1,4 +1,4 @@
-"""End to end through `langgraph dev`: what a person does in Studio, driven with langgraph-sdk (issue 3).
+"""End to end through `langgraph dev`: what a person does in Studio, driven with langgraph-sdk.
 
 A real `python -m langgraph_cli dev` serves `langgraph.json` on a free loopback port, offline (no analytics, no
 version check, no tracing, no OpenAI key), with the embedded default models and short settings. The session

@@ -1,4 +1,4 @@
-"""Traces read like the method: real langsmith clients sending to a loopback collector (issue 3).
+"""Traces read like the method: real langsmith clients sending to a loopback collector.
 
 (a) In process: the graph with scripted models runs inside `tracing_context` with a real `langsmith.Client`
     pointed at tests/trace_collector.py; the received tree is checked: one root `diziner`, node runs named

@@ -8,12 +8,15 @@ state and run.json and never resolves it again.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.models import embedded
+from agents.models.modes import OutputMode
+from agents.models.prices import ModelPrice, known_price
 from agents.models.profiles import DEFAULT_PROFILE, SMALL_PROFILE, ModelProfile, profile_named
 from state.errors import InputError
 from state.inputs import describe_validation_error
@@ -27,7 +30,8 @@ PROVIDERS: tuple[str, ...] = ("openai", "ollama", "embedded")
 DEFAULT_ANNOTATORS: tuple[str, ...] = ("embedded:smollm2", "embedded:gemma3-270m")
 DEFAULT_SUPERVISOR = "embedded:smollm2"
 
-DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_TIMEOUT_S = 600.0
+"""A call's total deadline, first attempt to last retry: reasoning models can think for minutes."""
 _CONCURRENCY = {"openai": 4, "ollama": 4, "embedded": 1}  # the embedded server has one slot
 _API_KEY_ENV = {"openai": "OPENAI_API_KEY"}
 _PROFILE = {"embedded": SMALL_PROFILE}
@@ -61,12 +65,19 @@ class ModelSpec(BaseModel):
     )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, gt=0, description="Output cap per call (default: the profile's).")
-    timeout: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, description="Seconds per request.")
-    max_retries: int = Field(default=2, ge=0)
+    timeout: float = Field(
+        default=DEFAULT_TIMEOUT_S, gt=0, description="Seconds a call may take in all, from its first attempt to its last retry."
+    )
+    max_retries: int = Field(default=2, ge=0, description="Retries of a call that failed on an error that can heal.")
     concurrency: int = Field(description="Max concurrent requests to this model (embedded 1, else 4).", ge=1)
     context_window: int | None = Field(
         default=None, gt=0, description="Tokens (prompt plus output); known for embedded models."
     )
+    output: OutputMode = Field(
+        default="json_schema",
+        description="How JSON is asked for: json_schema (structured output), json (JSON mode), tools, or text",
+    )
+    price: ModelPrice | None = Field(default=None, description="USD per million tokens; known for some API models")
     profile: ModelProfile = Field(
         default=DEFAULT_PROFILE,
         description="'default' or 'small' (tiny grammar-constrained models: bounded answers); embedded: small",
@@ -98,6 +109,9 @@ class ModelSpec(BaseModel):
             data["profile"] = _PROFILE.get(provider, DEFAULT_PROFILE)
         elif isinstance(profile, str):
             data["profile"] = profile_named(profile)
+        if data.get("price") is None:
+            endpoint = data.get("base_url") or (os.environ.get("OPENAI_BASE_URL") if provider == "openai" else None)
+            data["price"] = known_price(provider, model, endpoint)
         if provider == "embedded":
             if data.get("base_url") is not None:
                 raise ValueError("base_url cannot be set for an embedded model (it runs in this process)")
