@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from cli import rundir
 from state.errors import InputError
@@ -66,10 +66,7 @@ def load_configuration(run_dir: Path, record: rundir.RunRecord, round_: int | No
     else:
         path = run_dir / rundir.GUIDELINE_JSON
         if not path.is_file():
-            raise InputError(
-                "the run has no selected configuration yet (guideline.json): it has not finished; continue it with "
-                f"`diziner refine --resume {run_dir}`, or name a configuration with --round and --annotator",
-                path=str(run_dir))
+            raise InputError(_no_selection(run_dir), path=str(run_dir))
         data = rundir.read_json(path, "guideline.json")
     if not isinstance(data, dict):
         raise InputError("expected a JSON object", path=str(path))
@@ -83,22 +80,55 @@ def load_configuration(run_dir: Path, record: rundir.RunRecord, round_: int | No
     return int(data.get("round", round_ or 0)), name, configuration, record.models.annotator(name)
 
 
+def _no_selection(run_dir: Path) -> str:
+    """Why a run has no guideline.json, and what to do: a finished run that selected nothing needs a named
+    configuration; a finished run that lost the file, or an unfinished one, is resumed."""
+    rounds = ", ".join(map(str, rundir.round_numbers(run_dir))) or "none"
+    try:
+        summary = rundir.read_json(run_dir / rundir.SUMMARY, "summary.json")
+    except InputError:
+        summary = None
+    if isinstance(summary, dict) and summary.get("status") == "finished":
+        if not summary.get("selection"):
+            reason = summary.get("stop_reason")
+            return (f"the run finished without selecting any configuration{f' ({reason})' if reason else ''}: name "
+                    f"one with --round T and --annotator NAME (rounds with files: {rounds})")
+        return ("the run finished and selected a configuration, but guideline.json is missing: "
+                f"`diziner refine --resume {run_dir}` writes it again from the checkpoints, or name a configuration "
+                f"with --round and --annotator (rounds with files: {rounds})")
+    return ("the run has no selected configuration yet (guideline.json): it has not finished; continue it with "
+            f"`diziner refine --resume {run_dir}`, or name a configuration with --round and --annotator "
+            f"(rounds with files: {rounds})")
+
+
+def check_output(out: Path, docs: Path) -> None:
+    """--out must name a file that can be written whole, and not --docs: checked before any model call."""
+    if out.is_dir():
+        raise InputError("--out names a directory; give the predictions file's path (PRED.jsonl)", path=str(out))
+    if out.exists() and out.resolve() == docs.resolve():
+        raise InputError("--out would overwrite --docs", path=str(out))
+    parent = out.parent
+    if not parent.is_dir():
+        raise InputError(f"the output's directory {str(parent)!r} does not exist", path=str(out))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"the output's directory {str(parent)!r} is not writable", path=str(out))
+    if out.exists() and not os.access(out, os.W_OK):
+        raise InputError("the output file is not writable", path=str(out))
+
+
 def run(args: argparse.Namespace) -> int:
     """Apply the chosen configuration to a corpus and write the predictions with the dataset's labels."""
-    from corpus.io import CorpusDocument
-    from corpus.io import read_documents, write_jsonl
+    from corpus.io import CorpusDocument, read_documents, write_jsonl
 
+    # every check before the first model call: options, run directory, configuration, output path, documents
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {args.limit}")
     run_dir = Path(args.run)
     record = rundir.read_run(run_dir)
     task = record.task_definition
     round_, annotator, configuration, spec = load_configuration(run_dir, record, args.round, args.annotator)
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {args.limit}")
     out = Path(args.out)
-    if out.exists() and out.resolve() == Path(args.docs).resolve():
-        raise InputError("--out would overwrite --docs", path=str(out))
-    if not out.parent.is_dir():
-        raise InputError("the output's directory does not exist", path=str(out))
+    check_output(out, Path(args.docs))
     docs, stats = read_documents(args.docs)
     for msg in stats.warnings(args.docs):
         _say(f"{PROG}: warning: {msg}")

@@ -61,16 +61,39 @@ def format_table(result: dict) -> str:
     return "\n".join(out)
 
 
+def check_labelled(docs: list, path: str, what: str) -> None:
+    """Refuse a file of documents none of which has an ``entities`` key (it would score zero without a word); warn
+    when only some lack it (they count as having no entities). A CoNLL file is always labelled."""
+    from state.errors import InputError
+
+    unlabelled = [d for d in docs if d.entities is None]
+    if not unlabelled:
+        return
+    if len(unlabelled) == len(docs):
+        raise InputError(f"the {what} is unlabelled: no document has 'entities'", path=path)
+    first = unlabelled[0]
+    print(
+        f"diziner evaluate: warning: {path}: {len(unlabelled)} of {len(docs)} document(s) have no 'entities' and "
+        f"count as having none (first: {first.id!r}, line {first.line})",
+        file=sys.stderr,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Read both files, match documents, score, print. InputError propagates to cli.main (exit 2)."""
     from corpus.io import read_documents
     from corpus.scoring import align_by_position, score
+    from state.errors import InputError
 
     gold, gold_stats = read_documents(args.gold)
     pred, pred_stats = read_documents(args.pred)
     for path, stats in ((args.gold, gold_stats), (args.pred, pred_stats)):
         for msg in stats.warnings(path):
             print(f"diziner evaluate: warning: {msg}", file=sys.stderr)
+    check_labelled(gold, str(args.gold), "gold file")
+    check_labelled(pred, str(args.pred), "predictions file")
+    if not gold:
+        raise InputError("the gold file holds no documents: there is nothing to score", path=str(args.gold))
     if gold_stats.format == "conll" and pred_stats.format == "conll":
         if args.limit is not None:
             gold, pred = gold[: args.limit], pred[: args.limit]

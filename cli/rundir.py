@@ -106,6 +106,8 @@ def read_json(path: Path, what: str) -> Any:
         raise InputError(f"cannot read {what}: {exc}", path=str(path)) from None
     except ValueError as exc:
         raise InputError(f"{what} is not valid JSON: {exc}", path=str(path)) from None
+    except RecursionError:
+        raise InputError(f"{what} is not valid JSON: nested too deeply to read", path=str(path)) from None
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

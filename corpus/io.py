@@ -1,4 +1,5 @@
-"""Corpus I/O (docs/method.md, "Documents"): JSONL documents and CoNLL-style two-column files.
+"""Corpus I/O (docs/method.md, "Documents"): JSONL documents and CoNLL-style two-column files (and CoNLL-2003's
+four columns).
 
 Documents are `CorpusDocument` dataclasses (plain stdlib; no Pydantic, LangGraph or LangChain here, so that `diziner
 evaluate` and `diziner analyze` stay cheap to start):
@@ -20,14 +21,15 @@ file, the line and what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from state.errors import InputError
 
@@ -45,6 +47,7 @@ __all__ = [
 Span = tuple[int, int, str]
 
 _DOCSTART = "-DOCSTART-"
+_MAX_QUOTED = 80  # characters of a bad line quoted in a message
 
 
 @dataclass(slots=True)
@@ -68,6 +71,8 @@ class ReadStats:
       (conlleval behaviour), with their 1-based line numbers.
     - ``empty_entities_skipped`` / ``empty_entity_lines``: CoNLL entities of zero length (a single empty token),
       which cannot be a character span and are skipped, with the line of their token.
+    - ``four_columns``: the CoNLL file was read as CoNLL-2003 (token, POS tag, chunk tag, NER tag on every line): the
+      first column is the token, the last the tag, the middle two are ignored.
     """
 
     format: str
@@ -75,10 +80,16 @@ class ReadStats:
     repair_lines: list[int] = field(default_factory=list)
     empty_entities_skipped: int = 0
     empty_entity_lines: list[int] = field(default_factory=list)
+    four_columns: bool = False
 
     def warnings(self, path: str | os.PathLike) -> list[str]:
-        """Human-readable warnings (one per kind) for the CLI to print on stderr; empty when nothing was repaired."""
+        """Human-readable notes (one per kind) for the CLI to print on stderr; empty when the file was read plainly."""
         out = []
+        if self.four_columns:
+            out.append(
+                f"{path}: read as CoNLL-2003 (every line has four columns: token, POS tag, chunk tag, NER tag): "
+                "the first column is the token and the last the tag; the POS and chunk columns are ignored"
+            )
         if self.repairs:
             n = self.repairs
             out.append(
@@ -108,12 +119,8 @@ def _lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     or a line that is not UTF-8, is an InputError naming the file (and the line)."""
     p = str(path)
     try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
-    with fh:
-        offset = 0
-        try:
+        with open(path, "rb") as fh:
+            offset = 0
             for lineno, raw in enumerate(fh, 1):
                 try:
                     line = raw.decode("utf-8")
@@ -127,8 +134,8 @@ def _lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
                 if lineno == 1 and line.startswith("\ufeff"):
                     line = line[1:]
                 yield lineno, line
-        except OSError as exc:
-            raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
+    except OSError as exc:  # opening (missing file, a directory, no permission) or reading
+        raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
 
 
 _JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
@@ -255,11 +262,58 @@ def _parse_jsonl(objects: Iterable[tuple[int, dict]], path: str) -> list[CorpusD
     return docs
 
 
-def _parse_conll(lines: Iterable[tuple[int, str]], path: str) -> tuple[list[CorpusDocument], ReadStats]:
-    """CoNLL, one ``token<TAB>tag`` per line.
+def _is_tag(text: str) -> bool:
+    """An IOB2 tag: ``O``, ``B-X`` or ``I-X`` with X non-empty."""
+    return text == "O" or (len(text) > 2 and text[1] == "-" and text[0] in "BI")
 
-    Each line is split at its last tab, or, without a tab, at its last run of spaces; the token is kept verbatim
-    (it may be empty or contain spaces/tabs). Runs of blank (empty or whitespace-only) lines separate sentences;
+
+def _four_columns(line: str) -> list[str] | None:
+    """The fields of a CoNLL-2003 line (``EU NNP B-NP B-ORG``): exactly four whitespace-separated fields, the last an
+    IOB2 tag, and, when the line has tabs, four tab-separated fields too (so that a ``token<TAB>tag`` line whose token
+    holds spaces is never taken for one). None for any other line."""
+    fields = line.split()
+    if len(fields) != 4 or not _is_tag(fields[3]) or ("\t" in line and line.count("\t") != 3):
+        return None
+    return fields
+
+
+class _NotFourColumns(Exception):
+    """Raised by the CoNLL-2003 reading at the first line that does not have its four columns."""
+
+
+def _quoted(line: str) -> str:
+    """A line for an error message: its repr, cut after _MAX_QUOTED characters."""
+    return repr(line) if len(line) <= _MAX_QUOTED else repr(line[:_MAX_QUOTED]) + f" ... ({len(line)} characters)"
+
+
+def _parse_conll(lines: Iterable[tuple[int, str]], path: str) -> tuple[list[CorpusDocument], ReadStats]:
+    """CoNLL: CoNLL-2003 when every token line has its four columns (`_four_columns`), else ``token<TAB>tag``.
+
+    The lines are read once: as CoNLL-2003 while every line fits, keeping them, and at the first line that does not,
+    again from the kept lines with the two-column rule (so a two-column file switches at its first token line).
+    """
+    source = iter(lines)
+    kept: list[tuple[int, str]] = []
+
+    def keeping() -> Iterator[tuple[int, str]]:
+        for item in source:
+            kept.append(item)
+            yield item
+
+    try:
+        return _parse_conll_lines(keeping(), path, four_columns=True)
+    except _NotFourColumns:
+        return _parse_conll_lines(itertools.chain(kept, source), path, four_columns=False)
+
+
+def _parse_conll_lines(
+    lines: Iterable[tuple[int, str]], path: str, *, four_columns: bool
+) -> tuple[list[CorpusDocument], ReadStats]:
+    """CoNLL, one ``token<TAB>tag`` per line, or with ``four_columns`` one CoNLL-2003 line (`_four_columns`; any
+    other token line raises `_NotFourColumns`).
+
+    Each two-column line is split at its last tab, or, without a tab, at its last run of spaces; the token is kept
+    verbatim (it may be empty or contain spaces/tabs). Runs of blank (empty or whitespace-only) lines separate sentences;
     lines starting with ``-DOCSTART-`` are skipped. Tags must be ``O``, ``B-X`` or ``I-X`` (X non-empty). An ``I-X``
     not continuing an X span starts one (counted as a repair). Entity offsets run from the first token's start to the
     last token's end in the space-joined text; a zero-length entity (a single empty token) is skipped and counted.
@@ -297,14 +351,19 @@ def _parse_conll(lines: Iterable[tuple[int, str]], path: str) -> tuple[list[Corp
             continue
         if line.startswith(_DOCSTART):
             continue
-        cut = line.rfind("\t")
-        if cut >= 0:
+        if four_columns:
+            fields = _four_columns(line)
+            if fields is None:
+                raise _NotFourColumns
+            token, tag = fields[0], fields[3]
+            stats.four_columns = True
+        elif (cut := line.rfind("\t")) >= 0:
             token, tag = line[:cut], line[cut + 1 :]
         else:
             cut = line.rfind(" ")
             if cut < 0:
                 raise InputError(
-                    f"no tab or space separating a token from its tag in {line!r}", path=path, line=lineno
+                    f"no tab or space separating a token from its tag in {_quoted(line)}", path=path, line=lineno
                 )
             tag = line[cut + 1 :]
             while cut > 0 and line[cut - 1] == " ":
@@ -314,7 +373,7 @@ def _parse_conll(lines: Iterable[tuple[int, str]], path: str) -> tuple[list[Corp
             if cur_type is not None:
                 close(pos - 1)
                 cur_type = None
-        elif len(tag) > 2 and tag[1] == "-" and tag[0] in "BI":
+        elif _is_tag(tag):
             etype = tag[2:]
             if tag[0] == "B" or cur_type != etype:
                 if tag[0] == "I":
@@ -324,7 +383,7 @@ def _parse_conll(lines: Iterable[tuple[int, str]], path: str) -> tuple[list[Corp
                     close(pos - 1)
                 cur_type, cur_start, cur_line = etype, pos, lineno
         else:
-            raise InputError(f"bad tag {tag!r}: expected O, B-X or I-X (IOB2)", path=path, line=lineno)
+            raise InputError(f"bad tag {_quoted(tag)}: expected O, B-X or I-X (IOB2)", path=path, line=lineno)
         if not tokens:
             first_line = lineno
         tokens.append(token)
@@ -369,10 +428,8 @@ def atomic_write(path: str | os.PathLike, content: str) -> None:
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         if isinstance(exc, OSError):
             raise InputError(f"cannot write file: {exc.strerror or exc}", path=str(path)) from None
         raise
@@ -419,7 +476,7 @@ def conll_tags(doc: CorpusDocument, *, path: str | None = None) -> list[str]:
         starts.append(pos)
         pos += len(t) + 1
     by_start = {s: i for i, s in enumerate(starts)}
-    by_end = {s + len(t): i for i, (s, t) in enumerate(zip(starts, toks))}
+    by_end = {s + len(t): i for i, (s, t) in enumerate(zip(starts, toks, strict=True))}
     for s, e, etype in sorted(set(doc.entities), key=lambda x: (x[0], x[0] - x[1], x[2])):
         i, j = by_start.get(s), by_end.get(e)
         if i is not None and j is not None and i <= j:
@@ -427,7 +484,7 @@ def conll_tags(doc: CorpusDocument, *, path: str | None = None) -> list[str]:
         else:
             covered = [
                 k
-                for k, (ts, t) in enumerate(zip(starts, toks))
+                for k, (ts, t) in enumerate(zip(starts, toks, strict=True))
                 if (t and ts < e and ts + len(t) > s) or (not t and s < ts < e)
             ]
         if not covered:
@@ -458,7 +515,7 @@ def write_conll(path: str | os.PathLike, docs: Iterable[CorpusDocument]) -> None
         tags = conll_tags(d, path=p)
         if not d.tokens:
             continue
-        for tok, tag in zip(d.tokens, tags):
+        for tok, tag in zip(d.tokens, tags, strict=True):
             if "\n" in tok or tok.startswith(_DOCSTART):
                 raise InputError(f"document {d.id!r}: token {tok!r} cannot be written as a CoNLL line", path=p)
             out.append(f"{tok}\t{tag}\n")

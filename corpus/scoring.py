@@ -6,8 +6,8 @@ Plain dicts and tuple sets; no Pydantic, LangGraph or LangChain (imported by `di
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Iterable, Sequence
 
 from corpus.io import CorpusDocument
 from state.errors import InputError
@@ -110,10 +110,10 @@ def align_by_position(
     """
     g_name = gold_path or "gold"
     p_name = pred_path or "predictions"
-    for n, (g, p) in enumerate(zip(gold, pred), 1):
+    for n, (g, p) in enumerate(zip(gold, pred, strict=False), 1):
         if g.tokens != p.tokens:
             gt, pt = g.tokens or [], p.tokens or []
-            k = next((k for k, (a, b) in enumerate(zip(gt, pt)) if a != b), min(len(gt), len(pt)))
+            k = next((k for k, (a, b) in enumerate(zip(gt, pt, strict=False)) if a != b), min(len(gt), len(pt)))
             if k < min(len(gt), len(pt)):
                 what = f"token {k + 1} is {gt[k]!r} in the gold but {pt[k]!r} in the predictions"
             else:
@@ -130,4 +130,4 @@ def align_by_position(
             f"sentence {n} is missing from the {'predictions' if len(pred) < len(gold) else 'gold'}",
             path=pred_path,
         )
-    return [replace(p, id=g.id) for g, p in zip(gold, pred)]
+    return [replace(p, id=g.id) for g, p in zip(gold, pred, strict=True)]

@@ -65,7 +65,7 @@ def read_annotations(path: str) -> AnnotationBatch:
                 got = list(map(_SPAN_FIELDS, spans))
             except (KeyError, TypeError):
                 _explain_span_error(path, lineno, doc_id, name, spans, text)
-                raise AssertionError("unreachable")  # pragma: no cover
+                raise AssertionError("unreachable") from None  # pragma: no cover
             ok_doc.append(d)
             ok_ann.append(k)
             grp_len.append(len(got))
@@ -86,17 +86,17 @@ def read_annotations(path: str) -> AnnotationBatch:
     span_doc = np.repeat(ok_doc_a, lengths)
     span_ann = np.repeat(ok_ann_a, lengths)
 
-    starts, ends, types = (list(x) for x in zip(*trips)) if trips else ([], [], [])
+    starts, ends, types = (list(x) for x in zip(*trips, strict=True)) if trips else ([], [], [])
     bad = None
     # the bulk form of corpus.io.is_int for JSON values (ints, never bools), then of check_span's type check
     if not (set(map(type, starts)) <= {int} and set(map(type, ends)) <= {int}):
-        bad = next(i for i, (s, e) in enumerate(zip(starts, ends)) if type(s) is not int or type(e) is not int)
+        bad = next(i for i, (s, e) in enumerate(zip(starts, ends, strict=True)) if type(s) is not int or type(e) is not int)
     elif not set(map(type, types)) <= {str} or "" in set(types):
         bad = next(i for i, t in enumerate(types) if type(t) is not str or not t)
     elif starts and (min(starts) < 0 or max(max(starts), max(ends)) > max(map(len, texts))):
         # an offset outside every text (2**70 among them) cannot become an int64: find the first bad span in Python
         bad = next(
-            i for i, (s, e, d) in enumerate(zip(starts, ends, span_doc.tolist())) if not 0 <= s < e <= len(texts[d])
+            i for i, (s, e, d) in enumerate(zip(starts, ends, span_doc.tolist(), strict=True)) if not 0 <= s < e <= len(texts[d])
         )
     start_a = np.array(starts, dtype=np.int64) if bad is None else None
     end_a = np.array(ends, dtype=np.int64) if bad is None else None
@@ -203,5 +203,5 @@ def consensus_records(result: DisagreementResult) -> dict[str, list[dict[str, An
     """Document id -> the weighted consensus spans as {start, end, type}."""
     return {
         doc_id: [{"start": s, "end": e, "type": t} for s, e, t in spans]
-        for doc_id, spans in zip(result.batch.doc_ids, result.consensus_spans)
+        for doc_id, spans in zip(result.batch.doc_ids, result.consensus_spans, strict=True)
     }
