@@ -489,3 +489,40 @@ def consensus_spans(
     for d, a, b, t in zip(docs.tolist(), cs, ce, ty):
         out[d].append((a, b, types[t]))
     return out
+
+
+def weighted_consensus(
+    documents: Sequence[tuple[str, str, Mapping[str, Sequence[tuple[int, int, str]] | None]]],
+    weights: Mapping[str, float],
+) -> list[list[tuple[int, int, str]]]:
+    """The weighted IO consensus ("Consensus") of each document under GIVEN annotator weights, as character spans.
+
+    `documents` is what `AnnotationBatch.from_documents` takes (None where an annotator failed on a document);
+    `weights` maps annotator -> weight (>= 0; an annotator it does not name gets 0 and so never votes). On each
+    document the weights are renormalised among the annotators that succeeded on it, exactly as `analyze` does
+    with its own weights; a document no weighted annotator succeeded on has no consensus spans.
+    """
+    for name, w in weights.items():
+        if not np.isfinite(w) or w < 0:
+            raise InputError(f"weight of {name!r} must be a finite number >= 0, got {w!r}")
+    names = list(dict.fromkeys([*weights, *(a for _, _, ann in documents for a in ann)]))
+    batch = AnnotationBatch.from_documents(documents, annotators=names)
+    K = len(batch.annotators)
+    w = np.array([float(weights.get(a, 0.0)) for a in batch.annotators])
+    table = tokenize_many(batch.texts)
+    labels = label_tokens(
+        table, K, batch.span_annotator, batch.span_doc, batch.span_start, batch.span_end, batch.span_type
+    ).labels
+    tok_doc = table.token_doc()
+    # canonical column order (weight descending, then name), as in `analyze`: sums cannot depend on input order
+    canon = np.array(sorted(range(K), key=lambda i: (-float(w[i]), batch.annotators[i])), dtype=np.int64)
+    w_docs = _row_normalise(batch.succeeded[:, canon] * w[canon])
+    labels_c = labels[:, canon]
+    n = table.n_tokens
+    consensus = np.zeros(n, dtype=np.int64)
+    for a in range(0, n, CHUNK):
+        b = min(n, a + CHUNK)
+        consensus[a:b] = consensus_vote(_distribution(labels_c[a:b], w_docs[tok_doc[a:b]], len(batch.types)))
+    if n:
+        consensus[w_docs.sum(axis=1)[tok_doc] == 0] = 0
+    return consensus_spans(table, tok_doc, consensus, batch.types)
