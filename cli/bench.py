@@ -26,6 +26,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     models.add_argument("--config", metavar="RUN.yaml", help="run file listing annotators and supervisor")
     models.add_argument("--annotators", metavar="A,B,...", help="annotator model specs provider:model, comma-separated")
     models.add_argument("--supervisor", metavar="S", help="supervisor model spec provider:model")
+    try:  # the call options (cache, deadline, budget), where this diziner has them
+        from cli.calling import add_call_options
+    except ImportError:
+        pass
+    else:
+        add_call_options(p)
     loop = p.add_argument_group("loop settings (passed to `diziner refine`)")
     for flag, (field_name, typ, help_text) in refine.SETTINGS.items():
         if flag == "--seed":
@@ -153,6 +160,7 @@ class Prepared:
     sample: list[Any]
     test_sample: int
     seed: int
+    ensemble: bool
     resume_run: bool
     notes: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
@@ -223,7 +231,8 @@ def prepare(task_arg: str, data_dir: Path, bench_dir: Path, args: argparse.Names
     resume_run = args.resume and rundir.is_run_dir(bench_dir / RUN)
     if not resume_run:
         _check_models(args)
-    return Prepared(bench_dir, task_path, task, Path(data_dir), files, pool, test, sample, test_sample, seed,
+    ensemble = bool(args.ensemble or (saved or {}).get("ensemble"))
+    return Prepared(bench_dir, task_path, task, Path(data_dir), files, pool, test, sample, test_sample, seed, ensemble,
                     resume_run, notes, record)
 
 
@@ -293,11 +302,46 @@ def _refine_argv(prep: Prepared, args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _call_argv(args: argparse.Namespace, accepted: set[str]) -> list[str]:
+    """The call options given to the bench, as refine's flags (those its parser has)."""
+    argv = []
+    for flag, dest in (("--cache-dir", "cache_dir"), ("--timeout", "timeout"), ("--budget", "budget")):
+        value = getattr(args, dest, None)
+        if value is not None and flag in accepted:
+            argv += [flag, str(value)]
+    if getattr(args, "no_cache", False) and "--no-cache" in accepted:
+        argv.append("--no-cache")
+    return argv
+
+
+class LoopStopped(Exception):
+    """The loop returned without finishing (e.g. stopped by a budget): the bench stops with its exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the loop stopped with exit code {code}")
+        self.code = code
+
+
 def run_loop(prep: Prepared, args: argparse.Namespace) -> None:
     """The pilot-annotation loop into BENCH_DIR/run/, by refine's own parser and entry point."""
     parser = argparse.ArgumentParser(prog=refine.PROG)
     refine.add_arguments(parser)
-    refine.run(parser.parse_args(_refine_argv(prep, args)))
+    argv = _refine_argv(prep, args) + _call_argv(args, set(parser._option_string_actions))
+    code = int(refine.run(parser.parse_args(argv)) or 0)
+    if code != 0:
+        raise LoopStopped(code)
+
+
+def _test_cache(args: argparse.Namespace, spec: Any) -> Any:
+    """The persistent call cache for a model's test calls, as the loop uses it: temperature-0 models only, unless
+    --no-cache; None where this diziner has no call cache."""
+    if getattr(args, "no_cache", False) or spec.temperature != 0:
+        return None
+    try:
+        from agents.cache import open_cache
+    except ImportError:
+        return None
+    return open_cache(getattr(args, "cache_dir", None) or None)
 
 
 @dataclass
@@ -358,7 +402,7 @@ def _read_readings(path: Path) -> dict[str, list[tuple[int, int, str]] | None]:
             for _, obj in iter_jsonl(path)}
 
 
-async def _run_jobs(prep: Prepared, record, jobs: list[Job]) -> None:
+async def _run_jobs(prep: Prepared, record, jobs: list[Job], args: argparse.Namespace) -> None:
     """Apply each pending job to the test documents; one annotator's jobs in turn, different annotators at once."""
     from agents import annotator as annotator_agent
     from agents import models
@@ -372,8 +416,11 @@ async def _run_jobs(prep: Prepared, record, jobs: list[Job]) -> None:
         say(f"{PROG}: {prep.task.name}: {len(documents)} test documents with {job.annotator}, configuration "
             f"{job.source}")
         started = time.perf_counter()
+        params = signature(annotator_agent.run_annotator).parameters
+        takes_cache = "cache" in params or any(v.kind is v.VAR_KEYWORD for v in params.values())
+        extra = {"cache": _test_cache(args, spec)} if takes_cache else {}
         outputs, usage = await annotator_agent.run_annotator(
-            models.chat_model, spec, job.configuration, documents, job.round, phase="test")
+            models.chat_model, spec, job.configuration, documents, job.round, phase="test", **extra)
         usage = usage if isinstance(usage, TokenUsage) else TokenUsage()
         by_id = {o.document_id: o for o in outputs}
         lines = []
@@ -392,7 +439,7 @@ async def _run_jobs(prep: Prepared, record, jobs: list[Job]) -> None:
                                            "usage": usage.model_dump(mode="json")})
         rundir.write_text(job.path, "".join(lines))
         say(f"{PROG}: {prep.task.name}: {job.annotator} ({job.source}) done: {failed} failed, "
-            f"{usage.calls} calls ({time.perf_counter() - started:.1f} s)")
+            f"{usage.calls} calls, {usage.cache_hits} from the cache ({time.perf_counter() - started:.1f} s)")
 
     async def chain(group: list[Job]) -> None:
         for job in group:
@@ -456,7 +503,8 @@ def _loop_usage(summary: dict[str, Any]) -> tuple[int, int, str]:
 
 def run_benchmark(prep: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     """The whole protocol on one prepared benchmark; returns metrics.json's content."""
-    from corpus.io import CorpusDocument, read_documents, write_jsonl
+    from agents.models import safe_name
+    from corpus.io import CorpusDocument, iter_jsonl, read_documents, write_jsonl
     from evaluation.paper import load_paper_results
     from evaluation.protocol import (
         PilotPoint,
@@ -472,7 +520,7 @@ def run_benchmark(prep: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     bench_dir.mkdir(parents=True, exist_ok=True)
     session = {"started": _now(), "resumed": bool(prep.record["sessions"]), "seconds": None}
     prep.record["sessions"].append(session)
-    prep.record["ensemble"] = bool(args.ensemble)
+    prep.record["ensemble"] = prep.ensemble
     rundir.write_json(bench_dir / BENCH_FILE, prep.record)
     write_jsonl(bench_dir / POOL, [CorpusDocument(d.id, d.text) for d in prep.pool])
     write_jsonl(bench_dir / TEST_SAMPLE, prep.sample)
@@ -491,8 +539,6 @@ def run_benchmark(prep: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     labels = prep.task.to_dataset_label()
 
     # 2. agreement and pilot gold F1 per (round, annotator)
-    from corpus.io import iter_jsonl
-
     gold_pool = {d.id: d for d in prep.pool}
     points: list[PilotPoint] = []
     rounds = {r["round"]: r for r in summary.get("rounds", [])}
@@ -508,8 +554,6 @@ def run_benchmark(prep: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     # 3. the configurations and the jobs they need
     jobs: dict[tuple[str, str], Job] = {}
     rows: list[Row] = []
-    from agents.models import safe_name
-
     for k in names:
         rows.append(Row("baseline", f"baseline-{safe_name(k)}.jsonl", 1, k, [_job_for(jobs, bench_dir, run_dir, record, 1, k)]))
     selection = summary.get("selection")
@@ -532,7 +576,7 @@ def run_benchmark(prep: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     else:
         notes.append("No round left annotations to score against the pilot gold: no oracle row.")
     weights = None
-    if args.ensemble:
+    if prep.ensemble:
         if t_sel is None:
             notes.append("--ensemble: no selected round, so no ensemble row.")
         else:
@@ -547,7 +591,7 @@ def run_benchmark(prep: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     if done:
         say(f"{PROG}: {prep.task.name}: {done} of {len(jobs)} configuration(s) already applied to the test documents")
     if pending:
-        asyncio.run(_run_jobs(prep, record, pending))
+        asyncio.run(_run_jobs(prep, record, pending, args))
 
     # 5. predictions (written once), then metrics recomputed from the files
     pred_dir = bench_dir / PREDICTIONS
@@ -574,6 +618,8 @@ def run_benchmark(prep: Prepared, args: argparse.Namespace) -> dict[str, Any]:
             **row.extra,
         })
     calls, hits, source = _loop_usage(summary)
+    if source != "summary.json usage":
+        notes.append(f"The loop's model calls are counted from {source}.")
     job_calls = job_hits = 0
     for job in jobs.values():
         if job.usage_path.is_file():
@@ -637,7 +683,11 @@ def run(args: argparse.Namespace) -> int:
     if args.data_root:
         raise InputError("--data-root goes with --all (one benchmark: --data DIR)")
     prep = prepare(args.task, Path(args.data) if args.data else None, Path(args.out), args)
-    run_benchmark(prep, args)
+    try:
+        run_benchmark(prep, args)
+    except LoopStopped as stop:
+        say(f"{PROG}: {stop}; continue with --resume")
+        return stop.code
     return 0
 
 
@@ -662,7 +712,11 @@ def run_all(args: argparse.Namespace) -> int:
     paper = load_paper_results()
     rows = []
     for prep in prepared:
-        rows.append(summary_row(run_benchmark(prep, args), paper))
+        try:
+            rows.append(summary_row(run_benchmark(prep, args), paper))
+        except LoopStopped as stop:
+            say(f"{PROG}: {prep.task.name}: {stop}; continue with --resume")
+            return stop.code
     averages = average_rows(rows, paper)
     rundir.write_json(out / SUMMARY, {"benchmarks": rows, "averages": averages})
     rundir.write_text(out / TABLE, render_summary_table(rows, averages, paper))

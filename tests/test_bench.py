@@ -161,6 +161,7 @@ def finished(tmp_path_factory):
     out = root / "bench"
     err = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
+        mp.setenv("DIZINER_CACHE_DIR", str(root / "call-cache"))  # never the user's cache (module scope: no autouse)
         mp.setattr(agents.models, "chat_model", models)
         assert main(bench_args(task, data, out, "--test-sample", "4", "--ensemble")) == 0
     return out, models, err.getvalue()
@@ -309,6 +310,8 @@ def test_resume_after_a_crash_repeats_no_finished_annotation(tmp_path, install, 
             raise RuntimeError("simulated crash")
         return await real(factory, spec, configuration, documents, round_, **kwargs)
 
+    # each session its own call cache, so that the scripted models see every call a session makes
+    monkeypatch.setenv("DIZINER_CACHE_DIR", str(tmp_path / "cache-1"))
     monkeypatch.setattr(agents.annotator, "run_annotator", crashing)
     first = install(Models())
     out = tmp_path / "bench"
@@ -319,6 +322,7 @@ def test_resume_after_a_crash_repeats_no_finished_annotation(tmp_path, install, 
     assert done and not [d for d in done if d.endswith("openai_c.jsonl")]  # a and b finished theirs
     stamps = {d: (out / d).stat().st_mtime_ns for d in done}
 
+    monkeypatch.setenv("DIZINER_CACHE_DIR", str(tmp_path / "cache-2"))
     monkeypatch.setattr(agents.annotator, "run_annotator", real)
     second = install(Models())
     assert main(["bench", "--out", str(out), "--resume"]) == 0  # the saved task, data and settings
@@ -334,6 +338,7 @@ def test_resume_after_a_crash_repeats_no_finished_annotation(tmp_path, install, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model_calls"] == first.total_calls() + second.total_calls()
     # a finished bench: resumed again, no model is asked anything, the files stay
+    monkeypatch.setenv("DIZINER_CACHE_DIR", str(tmp_path / "cache-3"))
     third = install(Models())
     before = (out / "metrics.json").read_bytes()
     assert main(["bench", "--out", str(out), "--resume"]) == 0
@@ -341,6 +346,33 @@ def test_resume_after_a_crash_repeats_no_finished_annotation(tmp_path, install, 
     # a changed setting is refused on resume
     assert main(["bench", "--out", str(out), "--resume", "--test-sample", "3"]) == 2
     assert "--test-sample 3" in capsys.readouterr().err
+
+
+def test_a_repeated_bench_is_answered_by_the_call_cache(tmp_path, install):
+    task, data = write_benchmark(tmp_path)
+    install(Models())
+    args = bench_args(task, data, tmp_path / "one", "--test-sample", "3")
+    assert main(args) == 0
+    first = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert first["model_calls"] > 0
+    again = install(Models())
+    args[args.index("--out") + 1] = str(tmp_path / "two")
+    assert main(args) == 0
+    second = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert again.total_calls() == 0 and second["model_calls"] == 0 and second["cache_hits"] > 0
+    assert [r["micro"] for r in second["configurations"]] == [r["micro"] for r in first["configurations"]]
+
+
+def test_a_loop_that_stops_unfinished_stops_the_bench_with_its_code(tmp_path, install, monkeypatch, capsys):
+    import cli.refine
+
+    task, data = write_benchmark(tmp_path)
+    models = install(Models())
+    monkeypatch.setattr(cli.refine, "run", lambda args: 3)  # e.g. a budget reached: resumable
+    out = tmp_path / "bench"
+    assert main(bench_args(task, data, out)) == 3
+    assert "--resume" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists() and models.by_name == {}
 
 
 # ---------------------------------------------------------------- nothing selected
