@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("cli.evaluate", "strict span P/R/F1 of predictions against gold"),
     "refine": ("cli.refine", "run the pilot-annotation loop (annotators, disagreement, supervisor)"),
     "annotate": ("cli.annotate", "apply a refined guideline to a corpus"),
+    "report": ("cli.report", "write one self-contained report.html for a run or bench directory"),
     "bench": ("cli.bench", "the paper's protocol on a benchmark: loop, test-sample scoring, table beside the paper"),
 }
 
