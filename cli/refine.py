@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cli import rundir
+from cli import checkpoints, rundir
 from cli.progress import Progress, say
 from state.errors import InputError
 
@@ -75,6 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--out", metavar="RUN_DIR", help="run directory; must be empty or new unless --resume or --overwrite")
     io.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                     help="continue the run in RUN_DIR (or in --out) from its last checkpoint")
+    io.add_argument("--checkpoint-db", metavar="URL",
+                    help="keep the checkpoints in PostgreSQL (postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME; needs the "
+                         "postgres extra) instead of RUN_DIR/checkpoints.sqlite, to resume on another machine; run.json "
+                         "keeps the URL without the password")
     io.add_argument("--overwrite", action="store_true",
                     help="start afresh in a run directory of an earlier run (removes its run files; other files stay)")
     models = p.add_argument_group("models (default: annotators embedded:smollm2,embedded:gemma3-270m, supervisor embedded:smollm2)")
@@ -187,6 +191,7 @@ def _start(run_dir: Path, args: argparse.Namespace) -> int:
         raise InputError(f"a new run needs {' and '.join(missing)}")
     # 1. every input, before the run directory is touched
     task, graph_input, fmt = _read_inputs(args.task, args.docs)
+    checkpoint_url = checkpoints.new_run_url(args.checkpoint_db)
     if args.config and (args.annotators or args.supervisor):
         raise InputError("give the models either in --config or with --annotators/--supervisor, not both")
     names = _split_names(args.annotators) if args.annotators is not None else None
@@ -229,7 +234,9 @@ def _start(run_dir: Path, args: argparse.Namespace) -> int:
             context=ctx,
             models=models,
             task_definition=task,
+            checkpoint_db=checkpoints.redact(checkpoint_url),
         )
+        checkpoints.attach(record, checkpoint_url)
         rundir.write_run(run_dir, record)  # first: from now on the directory is a run directory
         if args.config:
             try:
@@ -276,6 +283,7 @@ def _check_resume_arguments(run_dir: Path, record, args: argparse.Namespace) -> 
 def _resume(run_dir: Path, args: argparse.Namespace) -> int:
     record = rundir.read_run(run_dir)
     _check_resume_arguments(run_dir, record, args)
+    checkpoints.attach(record, checkpoints.resume_url(record.checkpoint_db, args.checkpoint_db, run_dir))
     with rundir.RunLock(run_dir):
         return _execute(run_dir, record, None)
 
@@ -330,16 +338,12 @@ def _extras(record, session_started: float) -> dict[str, Any]:
 
 
 async def _run_graph(run_dir: Path, record, graph_input: dict[str, Any] | None) -> str:
-    import aiosqlite
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
     from graph.builder import GRAPH_NAME, build_graph, checkpoint_serde
     from graph.progress import step_of
 
     config = {"configurable": {"thread_id": record.thread_id}}
     t0 = time.perf_counter()
-    async with aiosqlite.connect(str(run_dir / rundir.CHECKPOINTS)) as conn:
-        saver = AsyncSqliteSaver(conn, serde=checkpoint_serde())
+    async with checkpoints.open_saver(run_dir, record, serde=checkpoint_serde()) as saver:
         graph = build_graph().compile(checkpointer=saver, name=GRAPH_NAME)
         progress = Progress()
         if graph_input is None:

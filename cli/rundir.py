@@ -32,7 +32,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from agents.models import RunModels, safe_name
 from corpus.io import atomic_write
@@ -238,10 +238,13 @@ class RunRecord(BaseModel):
     task: InputFile
     docs: PoolFile
     run_config: RunFileCopy | None = None
+    checkpoint_db: str | None = Field(default=None, description="PostgreSQL URL of the checkpoints, without its "
+                                      "password (cli.checkpoints); None: checkpoints.sqlite in the run directory")
     context: DizinerContext
     models: RunModels
     task_definition: TaskDefinition
     sessions: list[Session] = Field(default_factory=list)
+    _checkpoint_url: str | None = PrivateAttr(default=None)  # this session's URL, password included; never written
 
 
 def write_run(run_dir: Path, record: RunRecord) -> None:
