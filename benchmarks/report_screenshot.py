@@ -1,9 +1,12 @@
 """A PNG screenshot of a run's report.html, taken by headless Chromium (Debian's `chromium`, `make system-deps`).
 
     .venv/bin/python benchmarks/report_screenshot.py RUN_DIR|BENCH_DIR [--out shot.png] [--size 1400,4000]
+    .venv/bin/python benchmarks/report_screenshot.py --scripted /tmp/demo-run --out docs/report-screenshot.png
 
 Writes report.html first when the directory has none (`diziner report`), then the screenshot (default
-DIRECTORY/report.png). Chromium runs offline: no network, no first-run tasks, a throw-away profile.
+DIRECTORY/report.png). With --scripted, DIRECTORY is first filled by the scripted three-round run of
+tests/test_report_html.py (four rule-based annotators and a scripted supervisor; no model, no network): that is how
+docs/report-screenshot.png is made. Chromium runs offline: no network, no first-run tasks, a throw-away profile.
 """
 
 from __future__ import annotations
@@ -60,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="PNG path (default DIRECTORY/report.png)")
     ap.add_argument("--size", default="1400,4000", help="window size WIDTH,HEIGHT (default 1400,4000)")
     ap.add_argument("--rewrite", action="store_true", help="write report.html again even when it exists")
+    ap.add_argument("--scripted", action="store_true", help="first run the tests' scripted refine into DIRECTORY")
     args = ap.parse_args(argv)
     html = args.directory / "report.html"
-    if args.rewrite or not html.is_file():
+    if args.scripted:
+        from tests.test_report_html import build_scripted_run
+
+        build_scripted_run(args.directory)
+    if args.rewrite or args.scripted or not html.is_file():
         from reporting import write_report
 
         html = write_report(args.directory)

@@ -12,6 +12,7 @@ import base64
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -63,6 +64,12 @@ def _figure(width: float, height: float) -> Figure:
         return Figure(figsize=(width, height), dpi=100)
 
 
+def _legend(ax: Any, **kwargs: Any) -> None:
+    """A legend when something on the axes has a label (an empty legend only warns)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _is_number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -104,7 +111,7 @@ def agreement_plot(
         ax.set_ylim(-0.03, 1.05)
         ax.set_xlim(min(rounds, default=1) - 0.5, max(rounds, default=1) + 0.5)
         ax.set_title("Agreement without labels", loc="left", fontsize=10, fontweight="bold")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        _legend(ax, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
         if gold:
             gx = axes[1]
             for i, name in enumerate(names + [n for n in gold if n not in per_annotator]):
@@ -132,11 +139,12 @@ def scatter_plot(points: Sequence[tuple[str, float, float]], names: Sequence[str
         for i, name in enumerate(order):
             pts = [(x, y) for n, x, y in points if n == name and _is_number(x) and _is_number(y)]
             if pts:
-                ax.scatter(*zip(*pts, strict=True), s=28, color=colour(i), label=short(name), alpha=0.85, edgecolors="white")
+                ax.scatter(*zip(*pts, strict=True), s=70, color=colour(i), label=short(name), alpha=0.8,
+                           edgecolors="#1f2937", linewidths=0.6)
         ax.set_xlabel("agreement (mean pairwise F1 with the others)")
         ax.set_ylabel("gold F1 on the pilot set")
         ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
-        ax.legend(fontsize=7, loc="best")
+        _legend(ax, fontsize=7, loc="best")
         fig.tight_layout()
     return svg_uri(fig)
 
@@ -182,6 +190,6 @@ def stacked_bars(
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
         ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        _legend(ax, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
         fig.tight_layout()
     return svg_uri(fig)

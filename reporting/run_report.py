@@ -459,7 +459,7 @@ def hotspots_section(run: RunData | None) -> str:
         if r.report is not None:
             summary += f" · {r.report.n_hotspots} hotspots · mean pairwise F1 {r.report.mean_pairwise_f1:.4f}"
         body = render_html(r.report, documents=r.documents) if r.report is not None else _note(esc(r.problem or ""))
-        is_open = " open" if i == len(run.rounds) - 1 or len(run.rounds) <= 2 else ""
+        is_open = " open" if i in (0, len(run.rounds) - 1) else ""  # the first and the last round
         out.append(f'<details class="round"{is_open}><summary><h3>{esc(summary)}</h3></summary>{body}</details>')
     return _section("hotspots", "Hotspots and error families", "\n".join(out))
 
@@ -511,7 +511,9 @@ def _phase_html(p: PhaseFile) -> str:
     elif isinstance(failed, str) and failed.startswith("skipped"):
         status = f'<span class="skip">{esc(failed)}</span>'
     elif isinstance(failed, dict):
-        status = '<span class="bad">failed for ' + names_html(list(failed)) + "</span>"
+        answered = [str(k) for k in p.output] if isinstance(p.output, dict) else []
+        status = (f'<span class="ok">answered for {names_html(answered)}</span>; ' if answered else "") + (
+            '<span class="bad">failed for ' + names_html([str(k) for k in failed]) + "</span>")
     else:
         status = f'<span class="bad">failed: {esc(failed)}</span>'
     out = [f'<div class="phase"><div class="phasehead"><b>Phase {p.phase}</b> <code>{esc(p.node)}</code> · {status}</div>']
@@ -621,13 +623,8 @@ def _label(key: str) -> str:
         key, key.replace("_", " "))
 
 
-def _cost(value: Any, priced: bool | None, unpriced: list[str] | None = None) -> str:
-    if priced is False:
-        return '<span class="muted">no price</span>'
-    text = _num(value, 4)
-    if unpriced:
-        text += f' <span class="muted">(no price for {names_html(unpriced)})</span>'
-    return text
+def _cost(value: Any, priced: bool | None) -> str:
+    return '<span class="muted">no price</span>' if priced is False else _num(value, 4)
 
 
 def _usage_totals(usage: dict[str, Any]) -> str:
@@ -635,13 +632,17 @@ def _usage_totals(usage: dict[str, Any]) -> str:
     cache = usage.get("from_cache") if isinstance(usage.get("from_cache"), dict) else {}
     unpriced = [str(x) for x in usage.get("unpriced") or []] if isinstance(usage.get("unpriced"), list) else []
     keys = [k for k, v in usage.items() if _is_num(v)] + [k for k, v in cache.items() if _is_num(v) and k not in usage]
+    by_model = usage.get("by_model")
     rows = []
     for k in keys:
-        total = _cost(usage.get(k), None, unpriced) if k == "cost_usd" else _num(usage.get(k))
+        total = _num(usage.get(k))
+        if k == "cost_usd" and unpriced and isinstance(by_model, dict) and set(by_model) <= set(unpriced):
+            total = '<span class="muted">no price</span>'
         cached = _num(cache.get(k), 4) if k in cache else "—"
         rows.append([esc(_label(k)), total, cached])
     out = [_table(["", "sent (billed)", "answered by the call cache (not sent)"], rows, numeric={1, 2})]
-    by_model = usage.get("by_model")
+    if unpriced:
+        out.append(_note(f"No price is known for {names_html(unpriced)}: the cost counts the other models only."))
     if isinstance(by_model, dict) and by_model:
         entries = {m: v for m, v in by_model.items() if isinstance(v, dict)}
         cols = [c for c in _usage_columns(list(entries.values())) if c != "cost_usd"]
@@ -690,30 +691,45 @@ def usage_section(run: RunData | None, bench: BenchData | None) -> str:
                     nodes.append(n)
         if nodes:
             series = {n: [r.record.seconds.get(n, 0.0) for r in run.rounds if r.record is not None] for n in nodes}
+            slowest = [max((u.seconds for m, u in r.record.token_usage.items() if m in run.annotators), default=0.0)
+                       for r in run.rounds if r.record is not None]
+            if "annotate" not in series and any(slowest):  # the annotators run in parallel: the slowest one
+                series = {"annotate (slowest annotator)": slowest, **series}
+                nodes = list(series)
             out.append("<h3>Time per round and node</h3>")
             out.append(_img(plots.stacked_bars(rounds, series, "seconds", "Wall time per node"), "seconds per node"))
             body = [[str(t)] + [_num(series[n][i], 2) for n in nodes] + [_num(sum(series[n][i] for n in nodes), 2)]
                     for i, t in enumerate(rounds)]
             out.append(_table(["round"] + nodes + ["total"], body, numeric=set(range(1, len(nodes) + 2))))
-            out.append(_note("Wall time of each node; an annotator's own seconds in the table above overlap (the "
-                             "annotators run in parallel)."))
+            out.append(_note("Wall time of each node; the annotators run in parallel, so annotation counts the "
+                             "slowest annotator's seconds (the table above has each one's)."))
     return _section("usage", "Tokens, calls, cache, cost and time", "\n".join(o for o in out if o))
 
 
 _INLINE_CODE = re.compile(r"`([^`]+)`")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
+_NUMERIC_CELL = re.compile(r"[-+–]?[\d.,]+%?(?: \[[\d.,]+, [\d.,]+\])?|[–—-]")
 _ITEM = re.compile(r"^(\s*)([-*]|\d+(?:\.\d+)*\.)\s+(.*)$")
 
 
 def markdown_lines_html(text: str) -> str:
-    """A guideline's Markdown as simple HTML: headings, list items and plain lines, all text escaped; `code`."""
+    """Markdown (guideline.md, table.md) as simple HTML: headings, list items, tables and plain lines; every text
+    escaped, `code` kept as code."""
 
     def inline(s: str) -> str:
         return _INLINE_CODE.sub(lambda m: f"<code>{m.group(1)}</code>", esc(s))
 
     blocks: list[list[Any]] = []  # [kind, text, indent, marker]
     for line in text.splitlines():
-        if m := _HEADING.match(line):
+        if line.lstrip().startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if all(re.fullmatch(r":?-{2,}:?", c) for c in cells):
+                continue  # the header separator
+            if blocks and blocks[-1][0] == "table":
+                blocks[-1][1].append(cells)
+            else:
+                blocks.append(["table", [cells], 0, ""])
+        elif m := _HEADING.match(line):
             blocks.append(["h", m.group(2), len(m.group(1)), ""])
         elif m := _ITEM.match(line):
             marker = "•" if m.group(2) in "-*" else m.group(2)
@@ -732,6 +748,14 @@ def markdown_lines_html(text: str) -> str:
         elif kind == "li":
             out.append(f'<div class="li" style="margin-left:{indent}rem"><span class="marker">{esc(marker)}</span>'
                        f"<span>{inline(body)}</span></div>")
+        elif kind == "table":
+            head, *rest = body
+            th = "".join(f"<th>{inline(c)}</th>" for c in head)
+            trs = "".join(
+                "<tr>" + "".join(f"<td{' class=num' if _NUMERIC_CELL.fullmatch(c) else ''}>{inline(c)}</td>" for c in r)
+                + "</tr>" for r in rest
+            )
+            out.append(f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>")
         elif kind == "ln":
             out.append(f'<div class="ln">{inline(body)}</div>')
         else:
@@ -748,24 +772,53 @@ def guideline_section(run: RunData | None) -> str:
     return _section("guideline", "The final guideline", body)
 
 
+def _with_ci(scores: Any, key: str, bold: bool = False) -> str:
+    """`key` of a scores mapping (or model) with its `key_ci` interval when there is one."""
+    get = scores.get if isinstance(scores, dict) else lambda k, d=None: getattr(scores, k, d)
+    value, ci = get(key), get(f"{key}_ci")
+    if not _is_num(value):
+        return "—"
+    text = f"<b>{value:.3f}</b>" if bold else f"{value:.3f}"
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_num(x) for x in ci):
+        text += f' <span class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</span>'
+    return text
+
+
 def metrics_section(bench: BenchData) -> str:
-    """The bench's scores on the test sample: micro P/R/F1 with the F1 interval, per type on demand."""
+    """The bench's scores on the test sample: micro P/R/F1 with their intervals, per type on demand, table.md (the
+    rows beside the paper's figures) and the bench's other facts."""
     m = bench.metrics
     rows = []
     for c in m.configurations:
-        ci = f"[{c.micro.f1_ci[0]:.3f}, {c.micro.f1_ci[1]:.3f}]" if c.micro.f1_ci else "—"
+        failed = (c.model_extra or {}).get("failed_documents")
         rows.append([esc(c.name), _num(c.round), name_html(c.annotator) if c.annotator else "—",
-                     _num(c.micro.precision), _num(c.micro.recall), f"<b>{c.micro.f1:.4f}</b>", ci])
-    out = [_note(f"Strict span scores on {_num(m.test_documents)} test documents; the F1 interval is a "
-                 "document-level bootstrap (95%).")]
-    out.append(_table(["Configuration", "Round", "Annotator", "Precision", "Recall", "F1", "F1 95% interval"], rows,
+                     _with_ci(c.micro, "precision"), _with_ci(c.micro, "recall"), _with_ci(c.micro, "f1", bold=True),
+                     _num(failed)])
+    level = (m.model_extra or {}).get("level", 0.95)
+    out = [_note(f"Strict span micro scores on {_num(m.test_documents)} test documents, with "
+                 f"{100 * level if _is_num(level) else 95:g}% document-level bootstrap intervals in brackets.")]
+    out.append(_table(["Configuration", "Round", "Annotator", "Precision", "Recall", "F1", "Failed documents"], rows,
                       numeric={1, 3, 4, 5, 6}))
     for c in m.configurations:
-        if c.per_type:
-            trows = [([name_html(t)], v) for t, v in c.per_type.items() if isinstance(v, dict)]
-            out.append(f"<details><summary>Per type: {esc(c.name)}</summary>{_usage_table(trows, ['type'])}</details>")
+        typed = {t: v for t, v in c.per_type.items() if isinstance(v, dict)}
+        if typed:
+            trows = [[name_html(t), _with_ci(v, "precision"), _with_ci(v, "recall"), _with_ci(v, "f1", bold=True),
+                      _num(v.get("tp")), _num(v.get("fp")), _num(v.get("fn"))] for t, v in typed.items()]
+            who = ", ".join(x for x in (f"round {c.round}" if c.round is not None else "", c.annotator or "") if x)
+            out.append(f"<details><summary>Per type: {esc(c.name)}{esc(f' ({who})' if who else '')}</summary>"
+                       + _table(["Type", "Precision", "Recall", "F1", "TP", "FP", "FN"], trows, numeric={1, 2, 3, 4, 5, 6})
+                       + "</details>")
     if bench.table:
-        out.append(f"<details><summary>table.md</summary><pre>{esc(bench.table)}</pre></details>")
+        out.append('<div class="from-file">table.md: the rows beside the paper\'s figures</div>' + markdown_lines_html(bench.table))
+    extra = dict(m.model_extra or {})
+    notes = extra.pop("notes", None)
+    if isinstance(notes, list) and notes:
+        out.append("<h3>Notes</h3><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    facts = [[esc(k.replace("_", " ")), _num(v) if not isinstance(v, dict | list) else
+              f"<code>{esc(json.dumps(v, ensure_ascii=False))}</code>"] for k, v in extra.items() if k != "level"]
+    if facts:
+        out.append("<details><summary>The bench's other figures (metrics.json)</summary>"
+                   + _table(["", ""], facts) + "</details>")
     return _section("metrics", "Scores on the test sample", "\n".join(out))
 
 
@@ -830,6 +883,9 @@ details.round>summary h3{display:inline;margin:0}
 .md .ln{white-space:pre-wrap}
 .md .li{display:flex;gap:.45rem}.md .li .marker{color:#64748b;flex:none}
 .md .gap{height:.55rem}
+.md table{margin:.4rem 0}
+.ci{color:#64748b;font-size:.8em}
+.from-file{margin:1.2rem 0 -.4rem;font-size:.75rem;color:#64748b;text-transform:uppercase;letter-spacing:.06em;border-top:1px solid #e5e7eb;padding-top:.6rem}
 footer{color:#94a3b8;font-size:.8rem;padding:1rem 0 2rem}
 """
 
