@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo analyze-example test test-fast bench clean
+.PHONY: install system-deps demo analyze-example test test-fast bench report-screenshot clean
 
 # Debian packages the tests use: Chromium renders report.html, PostgreSQL serves the checkpointer test.
 DEBIAN_PACKAGES := chromium postgresql
@@ -57,6 +57,12 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_analyze.py
 	$(PY) benchmarks/bench_embedded_overhead.py
+
+# A PNG screenshot of a run's (or bench's) report.html by headless Chromium: make report-screenshot RUN=runs/demo
+# [OUT=shot.png] (default RUN/report.png; report.html is written first).
+report-screenshot: $(STAMP) system-deps
+	@test -n "$(RUN)" || { echo "usage: make report-screenshot RUN=<run or bench directory> [OUT=file.png]"; exit 2; }
+	$(PY) benchmarks/report_screenshot.py $(RUN) --rewrite $(if $(OUT),--out $(OUT))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
