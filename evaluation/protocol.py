@@ -267,6 +267,13 @@ def render_table(metrics: Mapping[str, Any], paper: Any | None) -> str:
             lines.append(f"Note on the paper's figures: {' '.join(bench.note.split())}")
     elif paper is not None:
         lines.append(f"The paper does not evaluate {task}: no published figures to compare with.")
+    configs = metrics["configurations"]
+    types = sorted({t for c in configs for t in c.get("per_type", {})})
+    if types:
+        heads = [c["name"] + (f" {c['annotator']}" if c["name"] == "baseline" else "") for c in configs]
+        lines += ["", "## F1 % per type [95% CI]", "", "| type | " + " | ".join(heads) + " |",
+                  "|---|" + "---|" * len(configs)]
+        lines += [f"| {t} | " + " | ".join(_with_ci(c["per_type"].get(t)) for c in configs) + " |" for t in types]
     corr = metrics.get("correlation") or {}
     points = corr.get("points", [])
     if points:
