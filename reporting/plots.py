@@ -153,8 +153,8 @@ def heatmap(names: Sequence[str], matrix: Sequence[Sequence[float | None]], titl
     """A pairwise agreement matrix (None on the diagonal) with each cell's value written in it."""
     n = len(names)
     with matplotlib.rc_context({**RC, "axes.grid": False}):
-        side = 1.2 + 0.55 * n
-        fig = _figure(side + 1.6, side)
+        side = max(3.2, 1.0 + 0.6 * n)  # two annotators with long names still get a readable matrix
+        fig = _figure(side + 1.4, side)
         ax = fig.subplots()
         data = [[float("nan") if v is None else float(v) for v in row] for row in matrix]
         im = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis")

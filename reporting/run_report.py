@@ -457,7 +457,8 @@ def hotspots_section(run: RunData | None) -> str:
     for i, r in enumerate(run.rounds):
         summary = f"Round {r.round}"
         if r.report is not None:
-            summary += f" · {r.report.n_hotspots} hotspots · mean pairwise F1 {r.report.mean_pairwise_f1:.4f}"
+            n = r.report.n_hotspots
+            summary += f" · {n} hotspot{'' if n == 1 else 's'} · mean pairwise F1 {r.report.mean_pairwise_f1:.4f}"
         body = render_html(r.report, documents=r.documents) if r.report is not None else _note(esc(r.problem or ""))
         is_open = " open" if i in (0, len(run.rounds) - 1) else ""  # the first and the last round
         out.append(f'<details class="round"{is_open}><summary><h3>{esc(summary)}</h3></summary>{body}</details>')

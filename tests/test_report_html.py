@@ -321,7 +321,8 @@ def test_run_report_in_chromium(run_dir, capsys):
     assert "No gold labels" in agreement
     hotspots = parsed.section("hotspots")
     for r in summary["rounds"]:  # recomputed by the engine: the hotspot counts the run recorded
-        assert f"Round {r['round']} · {r['hotspots']} hotspots · mean pairwise F1 {r['mean_pairwise_f1']:.4f}" in hotspots
+        n = r["hotspots"]
+        assert f"Round {r['round']} · {n} hotspot{'' if n == 1 else 's'} · mean pairwise F1 {r['mean_pairwise_f1']:.4f}" in hotspots
     assert "POLITICIAN → PERSON" in hotspots and "COUNTRY → LOCATION" in hotspots
     assert HOSTILE in hotspots  # the document text, shown as text
     usage = parsed.section("usage")
