@@ -9,7 +9,8 @@ with the real client libraries, faults included:
 Each runs in a background thread of the test process (`OpenAICompatServer`, `OllamaServer`; context managers) or
 in a child process (`OpenAICompatProcess`, `OllamaProcess`: for speed benchmarks and kill tests). Pytest fixtures:
 `openai_server`, `openai_process`, `ollama_server`, `ollama_process` (factories; every server they start is stopped
-at teardown). Load them with ``pytest_plugins = ["tests.servers.openai_compat", "tests.servers.ollama"]``.
+at teardown). Load them with ``pytest_plugins = ["tests.servers.openai_compat", "tests.servers.ollama"]`` in the
+root conftest, or by naming them in a test module (``openai_server = openai_compat.openai_server``).
 
 What a server answers
     A responder ``respond(body) -> reply`` gets the request's parsed JSON body. The reply is a `Reply`, a string
@@ -54,6 +55,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
+import itertools
 import json
 import os
 import random
@@ -65,6 +67,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -203,11 +206,13 @@ def apply_content_faults(reply: Reply, faults: Sequence[str], token_cap: int | N
 
 
 def as_reply(answer: Any) -> Reply | Fault:
-    """A responder's answer as a Reply (or the Fault it asks for)."""
+    """A responder's answer (Reply, Fault, str, Pydantic model or JSON value) as a Reply or the Fault it asks for."""
     if isinstance(answer, (Reply, Fault)):
         return answer
     if isinstance(answer, str):
         return Reply(answer)
+    if hasattr(answer, "model_dump_json"):  # a Pydantic model
+        return Reply(answer.model_dump_json())
     return Reply(json.dumps(answer))
 
 
@@ -514,6 +519,9 @@ def load_responder(dotted: str | None) -> Callable[[Mapping[str, Any]], Any]:
 # ---------------------------------------------------------------------------------------------------- HTTP server
 
 
+_SERVER_IDS = itertools.count(1)
+
+
 class _HTTPServer(ThreadingHTTPServer):
     """ThreadingHTTPServer whose connection threads are named, tracked and closed on stop."""
 
@@ -530,7 +538,7 @@ class _HTTPServer(ThreadingHTTPServer):
         thread = threading.Thread(
             target=self.process_request_thread,
             args=(request, client_address),
-            name=f"{self.owner.name}-conn",
+            name=f"{self.owner.label}-conn",
             daemon=True,
         )
         with self.track:
@@ -538,6 +546,16 @@ class _HTTPServer(ThreadingHTTPServer):
             self.threads = {t for t in self.threads if t.is_alive()}
             self.threads.add(thread)
         thread.start()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets its connection is no error; anything else is kept in `owner.errors` and printed."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError) or (
+            isinstance(exc, (OSError, ValueError)) and self.owner.stopping.is_set()
+        ):
+            return
+        self.owner.errors.append(traceback.format_exc())
+        super().handle_error(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         with self.track:
@@ -793,6 +811,8 @@ class LoopbackServer:
         self.latency = latency
         self.log = RequestLog()
         self.stopping = threading.Event()
+        self.label = f"{self.name}-{next(_SERVER_IDS)}"  # names this server's threads
+        self.errors: list[str] = []  # tracebacks of the server's own failures (none expected)
         self._port = port
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -804,9 +824,10 @@ class LoopbackServer:
 
     def start(self) -> Self:
         """Listen on a free port of 127.0.0.1 and serve from a background thread."""
+        self.stopping.clear()
         self._httpd = _HTTPServer(self, self._port)
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"{self.name}-serve", daemon=True
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name=f"{self.label}-serve", daemon=True
         )
         self._thread.start()
         return self
@@ -846,8 +867,7 @@ class LoopbackServer:
 
     def live_threads(self) -> list[threading.Thread]:
         """The server's threads still alive (none after `stop`)."""
-        threads = [t for t in threading.enumerate() if t.name in (f"{self.name}-conn", f"{self.name}-serve")]
-        return [t for t in threads if t.is_alive()] if self._httpd is None else threads
+        return [t for t in threading.enumerate() if t.name in (f"{self.label}-conn", f"{self.label}-serve")]
 
     # ------------------------------------------------------------------ shared behaviour
 
@@ -1001,7 +1021,8 @@ class ServerProcess:
 
 
 def server_factory(make: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
-    """The body of a factory fixture: yields ``start(*args, **options)`` and stops everything it started."""
+    """The body of a factory fixture: yields ``start(*args, **options)``, stops everything it started and fails
+    the test when a server failed itself (`LoopbackServer.errors`)."""
     started: list[Any] = []
 
     def start(*args: Any, **options: Any) -> Any:
@@ -1014,3 +1035,5 @@ def server_factory(make: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
     finally:
         for server in reversed(started):
             server.stop()
+    failures = [e for server in started for e in getattr(server, "errors", [])]
+    assert not failures, "a loopback server failed:\n" + "\n".join(failures)

@@ -14,7 +14,8 @@ model that does not reason gets 400 ``"<model>" does not support thinking``.
 
 In a test::
 
-    pytest_plugins = ["tests.servers.ollama"]
+    pytest_plugins = ["tests.servers.ollama"]  # in the root conftest; or, in the test module itself:
+    ollama_server = tests.servers.ollama.ollama_server
 
     def test_chat(ollama_server):
         server = ollama_server(capitalised_entities, schedule=["500"], thinking_models=["qwen3:0.6b"])
@@ -28,8 +29,9 @@ of a stream, as Ollama does when the runner fails) and the request log.
 Options: ``respond``, ``schedule`` (``/api/chat``), ``list_schedule`` (``/api/tags``), ``models`` (default
 ``("loopback:latest",)``; None serves any), ``thinking_models`` (served too), ``usage`` (False: no
 ``prompt_eval_count`` / ``eval_count``, as Ollama omits them for a prompt it had cached), ``context_length``
-(reported by ``/api/show``), ``chunk_chars``, ``latency``. ``options.num_predict`` caps the answer (``done_reason: "length"``).
-"""
+(reported by ``/api/show``), ``chunk_chars``, ``latency``. ``options.num_predict`` caps the answer
+(``done_reason: "length"``). ``ChatOllama`` streams unless called with ``stream=False`` (its structured output
+always streams)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ events, the usage in a last chunk when ``stream_options.include_usage`` is set),
 
 In a test::
 
-    pytest_plugins = ["tests.servers.openai_compat"]
+    pytest_plugins = ["tests.servers.openai_compat"]  # in the root conftest; or, in the test module itself:
+    openai_server = tests.servers.openai_compat.openai_server
 
     def test_retry(openai_server):
         server = openai_server(capitalised_entities, schedule="500, 429:1")  # then ok
