@@ -15,8 +15,9 @@ from typing import Any, Callable
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from agents.cache import CallCache
 from agents.guideline import render_instructions, render_types
-from agents.models import ModelSpec, named_chat_model
+from agents.models import ModelHandle, ModelSpec
 from agents.structured import fits_context, invoke_structured, trace_config
 from corpus.tokens import ground
 from prompts import fence, render
@@ -85,21 +86,22 @@ def fit_annotator_prompt(spec: ModelSpec, configuration: TaskConfiguration, text
 
 
 async def annotate_document(
-    model: BaseChatModel,
+    model: BaseChatModel | ModelHandle,
     spec: ModelSpec,
     configuration: TaskConfiguration,
     document: Document,
     round_: int,
-    attempts: int = 2,
     config: dict[str, Any] | None = None,
+    cache: CallCache | None = None,
 ) -> tuple[AnnotatorOutput, TokenUsage]:
-    """One annotator on one document (retries: `agents.structured.invoke_structured`)."""
+    """One annotator on one document (the call's policy: `agents.structured`)."""
     schema = schema_for(spec, tuple(t.name for t in configuration.schema_))
     prompt, _ = fit_annotator_prompt(spec, configuration, document.text, round_)
-    answer = await invoke_structured(model, spec, schema, prompt, config=config, attempts=attempts)
+    answer = await invoke_structured(model, spec, schema, prompt, config=config, cache=cache)
     if answer.parsed is None:
         output = AnnotatorOutput(
-            annotator=spec.name, document_id=document.id, status="failed", reason=answer.reason, raw=answer.raw_text
+            annotator=spec.name, document_id=document.id, status="failed", reason=answer.reason, raw=answer.raw_text,
+            error_kind=answer.failure.kind if answer.failure else "answer",
         )
         return output, answer.usage
     grounding = ground(document.text, [(e.text, e.type.value) for e in answer.parsed.entities])
@@ -115,12 +117,13 @@ async def annotate_document(
 
 
 async def annotate_documents(
-    model: BaseChatModel,
+    model: BaseChatModel | ModelHandle,
     spec: ModelSpec,
     configuration: TaskConfiguration,
     documents: list[Document],
     round_: int,
     config_for: Any = None,
+    cache: CallCache | None = None,
 ) -> tuple[list[AnnotatorOutput], TokenUsage]:
     """All pilot documents for one annotator, at most `spec.concurrency` requests in flight."""
     gate = asyncio.Semaphore(max(1, spec.concurrency))
@@ -128,7 +131,7 @@ async def annotate_documents(
     async def one(doc: Document) -> tuple[AnnotatorOutput, TokenUsage]:
         async with gate:
             cfg = config_for(doc) if config_for else None
-            return await annotate_document(model, spec, configuration, doc, round_, config=cfg)
+            return await annotate_document(model, spec, configuration, doc, round_, config=cfg, cache=cache)
 
     results = await asyncio.gather(*(one(d) for d in documents))
     total = TokenUsage()
@@ -146,11 +149,13 @@ async def run_annotator(
     *,
     phase: str = "annotate",
     on_start: Callable[[Document], None] | None = None,
+    cache: CallCache | None = None,
 ) -> tuple[list[AnnotatorOutput], TokenUsage]:
     """One annotator on many documents, as the graph's `annotate` node and `diziner annotate` both run it: the model
-    built off the event loop and named after its spec, every call traced with round, annotator, document and phase.
-    A model that cannot be built (a missing key) raises InputError."""
-    model = await named_chat_model(factory, spec)
+    built on its first uncached call and named after its spec, every call traced with round, annotator, document
+    and phase. A model that cannot be built (a missing key) or fails its check raises (InputError or
+    ModelUnavailable): an error of the run, not of documents."""
+    model = ModelHandle(factory, spec)
     tags = ["annotator", spec.name] + ([phase] if phase != "annotate" else [])
 
     def config_for(doc: Document) -> dict[str, Any]:
@@ -160,4 +165,4 @@ async def run_annotator(
             f"annotate {doc.id}", tags, round=round_, annotator=spec.name, document=doc.id, phase=phase
         )
 
-    return await annotate_documents(model, spec, configuration, documents, round_, config_for)
+    return await annotate_documents(model, spec, configuration, documents, round_, config_for, cache)

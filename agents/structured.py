@@ -1,22 +1,39 @@
-"""One structured-output call with retries, and the prompt budget, shared by the annotator agents and the
-supervisor phases."""
+"""One structured call to a model, as the annotator agents and the supervisor phases make it.
+
+Per call: the persistent cache first (`agents.cache`: a hit is never sent); before a model's first call that the
+cache cannot answer, its preflight check (`agents.models.preflight`); then attempts within one total deadline
+(`spec.timeout`, from the first attempt to the last retry, back-off included) with exponential back-off and jitter
+that honours Retry-After, retrying only errors that can heal (`agents.models.errors.classify`); the reply is read by
+the tolerant parser (`agents.replies`: reasoning blocks, code fences, prose around the JSON), and a complete reply
+that does not fit the schema gets one re-ask quoting the validation error. Every request sent is counted in the
+usage, failed ones and the preflight check included; tokens come from the provider's usage fields, or are estimated
+from text length (and counted as estimated). The unusable answer is always kept.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import HumanMessage
-from pydantic import BaseModel, ValidationError
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableLambda
+from pydantic import BaseModel
 
-from agents.models import ModelSpec
+from agents.cache import CachedReply, CallCache, cache_key
+from agents.models import ModelHandle, ModelSpec
+from agents.models.errors import CallError, Failure, classify
+from agents.models.modes import bind_output, reply_parts
+from agents.models.preflight import ensure_checked
+from agents.replies import read_reply, reask_message
 from state.graph_state import TokenUsage
 
-_ANSWER_ERRORS = ("LengthFinishReasonError", "ContentFilterFinishReasonError")
 CHARS_PER_TOKEN = 3.0  # conservative estimate for prompt budgeting
+ESTIMATE_CHARS_PER_TOKEN = 4.0  # usage estimate when a server reports none
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
 
 
 def fits_context(spec: ModelSpec, prompt: str) -> bool:
@@ -33,77 +50,177 @@ def trace_config(run_name: str, tags: list[str], **metadata: Any) -> dict[str, A
 
 @dataclass
 class StructuredAnswer:
-    """One structured call's outcome: the parsed answer or why it failed, with the tokens every attempt used."""
-    parsed: BaseModel | None  # None: every attempt failed, see `reason`
+    """One structured call's outcome: the parsed answer or why it failed, with the tokens every request used."""
+
+    parsed: BaseModel | None  # None: the call failed, see `reason`
     usage: TokenUsage
-    reason: str  # why the last attempt failed ("" on success)
-    raw_text: str | None  # the model's last raw answer, when there was one
-    attempts: int  # attempts made
+    reason: str  # why it failed ("" on success)
+    raw_text: str | None  # the model's last answer, when there was one
+    attempts: int  # requests made for it (cache hits excluded)
+    failure: Failure | None = None  # how it failed, for a call that got no usable reply at all
+    notes: list[str] = field(default_factory=list)
 
 
-def usage_of(message: Any) -> TokenUsage:
-    """The token usage a LangChain message reports (zeros where the server gave none)."""
+@dataclass
+class _Reply:
+    text: str
+    truncated: bool
+    usage: TokenUsage
+    attempts: int
+
+
+def usage_of(message: Any, prompt_chars: int) -> TokenUsage:
+    """The usage a reply reports (input, cached input, output tokens); estimated from text length when absent."""
     meta = getattr(message, "usage_metadata", None) or {}
-    return TokenUsage(input_tokens=int(meta.get("input_tokens", 0)), output_tokens=int(meta.get("output_tokens", 0)), calls=1)
+    if not meta:
+        text = str(getattr(message, "content", "") or "")
+        return TokenUsage(input_tokens=round(prompt_chars / ESTIMATE_CHARS_PER_TOKEN),
+                          output_tokens=round(len(text) / ESTIMATE_CHARS_PER_TOKEN), calls=1, estimated_calls=1)
+    details = meta.get("input_token_details") or {}
+    return TokenUsage(input_tokens=int(meta.get("input_tokens", 0) or 0),
+                      cached_input_tokens=int(details.get("cache_read", 0) or 0),
+                      output_tokens=int(meta.get("output_tokens", 0) or 0), calls=1)
 
 
-def _completion_usage(completion: Any) -> TokenUsage:
-    used = getattr(completion, "usage", None)
-    return TokenUsage(
-        input_tokens=int(getattr(used, "prompt_tokens", 0) or 0), output_tokens=int(getattr(used, "completion_tokens", 0) or 0), calls=1
-    )
-
-
-def _completion_text(completion: Any) -> str | None:
-    try:
-        content = completion.choices[0].message.content
-    except (AttributeError, IndexError):
+def _completion_reply(exc: BaseException, prompt_chars: int) -> tuple[str, TokenUsage] | None:
+    """The answer an openai SDK kept on a finish-reason error (answer cut at the cap), with its usage."""
+    completion = getattr(exc, "completion", None)
+    if completion is None:
         return None
-    return content if isinstance(content, str) else None
+    try:
+        text = completion.choices[0].message.content or ""
+    except (AttributeError, IndexError):
+        text = ""
+    used = getattr(completion, "usage", None)
+    if used is None:
+        return text, usage_of(AIMessage(content=text), prompt_chars)
+    details = getattr(used, "prompt_tokens_details", None)
+    return text, TokenUsage(input_tokens=int(getattr(used, "prompt_tokens", 0) or 0),
+                            cached_input_tokens=int(getattr(details, "cached_tokens", 0) or 0) if details else 0,
+                            output_tokens=int(getattr(used, "completion_tokens", 0) or 0), calls=1)
 
 
-def is_answer_error(exc: BaseException) -> bool:
-    """True when the model answered but the answer is unusable (token cap reached, invalid output)."""
-    return isinstance(exc, (OutputParserException, ValidationError, ValueError)) or type(exc).__name__ in _ANSWER_ERRORS
+def backoff_seconds(attempt: int, failure: Failure) -> float:
+    """Wait before retry `attempt` (1-based): the server's Retry-After, else exponential with full jitter."""
+    if failure.retry_after is not None:
+        return failure.retry_after
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+
+
+async def _complete(
+    model_now: Any, spec: ModelSpec, schema: type[BaseModel], turns: list[str], config: dict[str, Any] | None,
+    cache: CallCache | None,
+) -> _Reply:
+    """One reply to `turns` (alternating user and assistant messages): from the cache, or from the model within the
+    call's deadline. Raises CallError when no reply came."""
+    schema_json = schema.model_json_schema()
+    key = cache_key(spec, schema_json, spec.output, [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+                                                     for i, t in enumerate(turns)]) if cache else None
+    if cache is not None and key is not None:
+        hit = cache.get(key)
+        if hit is not None:
+            return _Reply(hit.text, hit.truncated, TokenUsage(cache_hits=1, cache_input_tokens=hit.input_tokens,
+                                                              cache_output_tokens=hit.output_tokens), 0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + spec.timeout
+    model = await model_now()
+    usage = await ensure_checked(spec, model, deadline)
+    messages: list[BaseMessage] = [HumanMessage(t) if i % 2 == 0 else AIMessage(t) for i, t in enumerate(turns)]
+    prompt_chars = sum(len(t) for t in turns)
+    bound = bind_output(model, spec, schema)
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise CallError(Failure("timeout", f"no answer within the {spec.timeout:g} s deadline"), usage)
+        try:
+            message = await asyncio.wait_for(bound.ainvoke(messages, config=config), remaining)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # provider errors, timeouts, an answer cut at the token cap
+            kept = _completion_reply(exc, prompt_chars)
+            if kept is not None:
+                text, used = kept
+                usage = usage.add(used)
+                truncated = type(exc).__name__ == "LengthFinishReasonError"
+                if truncated:
+                    _store(cache, key, spec, text, used, truncated)
+                    return _Reply(text, truncated, usage, attempt)
+            else:
+                usage = usage.add(TokenUsage(calls=1))
+            failure = classify(exc)
+            if isinstance(exc, asyncio.TimeoutError):
+                failure = Failure("timeout", f"no answer within the {spec.timeout:g} s deadline")
+            if not failure.retryable or attempt > spec.max_retries:
+                raise CallError(failure, usage) from exc
+            wait = backoff_seconds(attempt, failure)
+            if loop.time() + wait >= deadline:
+                raise CallError(Failure(failure.kind, f"{failure.message} (no time left for a retry within the "
+                                        f"{spec.timeout:g} s deadline)", failure.status), usage) from exc
+            await asyncio.sleep(wait)
+            continue
+        text, _reasoning, truncated = reply_parts(message)
+        used = usage_of(message, prompt_chars)
+        usage = usage.add(used)
+        _store(cache, key, spec, text, used, truncated)
+        return _Reply(text, truncated, usage, attempt)
+
+
+def _store(cache: CallCache | None, key: str | None, spec: ModelSpec, text: str, used: TokenUsage, truncated: bool) -> None:
+    if cache is not None and key is not None:
+        cache.put(key, spec.name, CachedReply(text, used.input_tokens, used.cached_input_tokens, used.output_tokens,
+                                              truncated))
 
 
 async def invoke_structured(
-    model: BaseChatModel,
+    model: BaseChatModel | ModelHandle,
     spec: ModelSpec,
     schema: type[BaseModel],
     prompt: str,
     config: dict[str, Any] | None = None,
-    attempts: int = 2,
+    cache: CallCache | None = None,
 ) -> StructuredAnswer:
-    """Ask for `schema`; retry a failed call up to `attempts - 1` times.
+    """Ask `model` for an answer fitting `schema` (see the module docstring for the policy)."""
 
-    ``json_schema`` for every model: OpenAI-compatible servers take it as structured output (llama.cpp turns it into
-    a grammar), ChatOllama passes it as Ollama's ``format``. An unusable answer from a deterministic model is not
-    retried: the same prompt would give the same answer."""
-    runnable = model.with_structured_output(schema, method="json_schema", include_raw=True)
-    usage, reason, raw_text, made = TokenUsage(), "no attempt made", None, 0
-    for made in range(1, attempts + 1):
+    async def run(prompt_text: str, config: dict[str, Any] | None = None) -> StructuredAnswer:
+        return await _ask(model, spec, schema, prompt_text, config, cache)
+
+    # one traced run per call (named by the caller's run_name), the model's requests as its children
+    return await RunnableLambda(run, name="structured call").ainvoke(prompt, config=config)
+
+
+async def _ask(model, spec, schema, prompt, config, cache) -> StructuredAnswer:
+    if isinstance(model, ModelHandle):
+        handle = model
+
+        async def model_now() -> BaseChatModel:
+            return await handle.get()
+    else:
+        async def model_now() -> BaseChatModel:
+            return model
+
+    child = {k: v for k, v in (config or {}).items() if k not in ("run_name",)} if config else None
+    turns = [prompt]
+    usage, attempts, raw = TokenUsage(), 0, None
+    for round_trip in range(2):
         try:
-            result = await runnable.ainvoke([HumanMessage(content=prompt)], config=config)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # provider errors, timeouts, answers cut at the token cap
-            reason = f"{type(exc).__name__}: {exc}"[:500]
-            completion = getattr(exc, "completion", None)  # openai's LengthFinishReasonError keeps the answer
-            if completion is not None:
-                usage = usage.add(_completion_usage(completion))
-                raw_text = _completion_text(completion) or raw_text
-            if spec.deterministic and is_answer_error(exc):
+            reply = await _complete(model_now, spec, schema, turns, child, cache)
+        except CallError as exc:
+            usage = usage.add(exc.usage or TokenUsage())
+            attempts += 1 if exc.usage is None else exc.usage.calls
+            return StructuredAnswer(None, usage, f"after {max(attempts, 1)} attempt{'s' if attempts != 1 else ''}: "
+                                    f"{exc.failure.message}", raw, attempts, exc.failure)
+        usage, attempts, raw = usage.add(reply.usage), attempts + reply.attempts, reply.text
+        parsed, error = read_reply(reply.text, schema)
+        if parsed is not None:
+            return StructuredAnswer(parsed, usage, "", raw, attempts)
+        if reply.truncated:
+            error = f"answer cut at the output cap ({spec.max_tokens} tokens): {error}"
+            if spec.deterministic or round_trip == 1:
                 break
-            continue
-        raw = result.get("raw")
-        usage = usage.add(usage_of(raw))
-        content = getattr(raw, "content", None) if raw is not None else None
-        raw_text = content if isinstance(content, str) else raw_text
-        if result.get("parsed") is not None:
-            return StructuredAnswer(result["parsed"], usage, "", raw_text, made)
-        err = result.get("parsing_error")
-        reason = f"unparseable answer: {err}"[:500] if err else "empty answer"
-        if spec.deterministic:
-            break
-    return StructuredAnswer(None, usage, f"after {made} attempt{'s' if made != 1 else ''}: {reason}", raw_text, made)
+            continue  # a sampling model may finish next time: ask again, the same prompt
+        if round_trip == 0:
+            turns = [prompt, reply.text, reask_message(error)]
+    return StructuredAnswer(None, usage, f"unusable answer: {error}"[:500], raw, attempts)
+

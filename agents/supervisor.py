@@ -14,8 +14,10 @@ from typing import Any, Callable
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel
 
+from agents.cache import CallCache
 from agents.guideline import render_instructions, render_types
-from agents.models import ModelSpec
+from agents.models import ModelHandle, ModelSpec
+from agents.models.errors import ModelUnavailable
 from agents.structured import fits_context, invoke_structured
 from prompts import render
 from state.graph_state import Guideline, TokenUsage
@@ -83,11 +85,15 @@ class PhaseFailed(RuntimeError):
 
 
 async def call_phase(
-    model: BaseChatModel, spec: ModelSpec, schema: type[BaseModel], prompt: str, config: dict[str, Any] | None, attempts: int = 2
+    model: BaseChatModel | ModelHandle, spec: ModelSpec, schema: type[BaseModel], prompt: str,
+    config: dict[str, Any] | None, cache: CallCache | None = None,
 ) -> tuple[BaseModel, TokenUsage]:
-    """One structured supervisor call; raises PhaseFailed with the reason after `attempts` failures."""
-    answer = await invoke_structured(model, spec, schema, prompt, config=config, attempts=attempts)
+    """One structured supervisor call; PhaseFailed with the reason when no usable answer came, ModelUnavailable
+    when the supervisor could not be reached at all (the run stops, resumable)."""
+    answer = await invoke_structured(model, spec, schema, prompt, config=config, cache=cache)
     if answer.parsed is None:
+        if answer.failure is not None and answer.failure.unreachable:
+            raise ModelUnavailable(spec.name, answer.reason)
         raise PhaseFailed(answer.reason, answer.raw_text, answer.usage)
     return answer.parsed, answer.usage
 

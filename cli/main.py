@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    from agents.models.errors import ModelUnavailable
     from state.errors import InputError
 
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"diziner {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ModelUnavailable as exc:  # not the user's input, and not a bug: the run can be resumed
+        print(f"diziner {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"diziner {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from cli import checkpoints, rundir
+from agents.models.errors import ModelUnavailable
+from cli.calling import add_call_options, call_settings
 from cli.progress import Progress, say
-from state.errors import InputError
+from state.errors import BudgetReached, InputError
 
 PROG = "diziner refine"
 
@@ -93,6 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           help=help_text % {"default": defaults[field]})
     for flag, (field, help_text) in SWITCHES.items():
         loop.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    add_call_options(p)
 
 
 # ---------------------------------------------------------------- small helpers
@@ -201,6 +204,7 @@ def _start(run_dir: Path, args: argparse.Namespace) -> int:
         "supervisor": models.supervisor.name,
         "run_config": rundir.RUN_CONFIG_COPY if args.config else "",  # relative to the run directory
         **_given_settings(args),
+        **call_settings(args),
     }
     ctx = _context(context_data)
     graph_input["models"] = models.model_dump(mode="json")
@@ -283,6 +287,9 @@ def _check_resume_arguments(run_dir: Path, record, args: argparse.Namespace) -> 
 def _resume(run_dir: Path, args: argparse.Namespace) -> int:
     record = rundir.read_run(run_dir)
     _check_resume_arguments(run_dir, record, args)
+    given = call_settings(args)  # how calls are made may change on resume; what the method computes may not
+    if given:
+        record.context = record.context.model_copy(update=given)
     checkpoints.attach(record, checkpoints.resume_url(record.checkpoint_db, args.checkpoint_db, run_dir))
     with rundir.RunLock(run_dir):
         return _execute(run_dir, record, None)
@@ -316,7 +323,13 @@ def _execute(run_dir: Path, record, graph_input: dict[str, Any] | None) -> int:
     except KeyboardInterrupt:
         say(f"{PROG}: interrupted; continue with: diziner refine --resume {run_dir}")
         raise
-    except InputError:
+    except BudgetReached as exc:
+        _mark_stopped(run_dir, str(exc))
+        say(f"{PROG}: {exc}; everything done is kept: continue with a higher budget: "
+            f"diziner refine --resume {run_dir} --budget USD")
+        return 3
+    except (InputError, ModelUnavailable):
+        say(f"{PROG}: the run stopped; after fixing the cause continue with: diziner refine --resume {run_dir}")
         raise
     except Exception:
         say(f"{PROG}: the run stopped on an error; after fixing its cause continue with: diziner refine --resume {run_dir}")
@@ -325,6 +338,14 @@ def _execute(run_dir: Path, record, graph_input: dict[str, Any] | None) -> int:
     session.outcome = status
     rundir.write_run(run_dir, record)
     return 0
+
+
+def _mark_stopped(run_dir: Path, reason: str) -> None:
+    """summary.json of a run the budget stopped: its status and why (the state's own figures stay as written)."""
+    path = run_dir / rundir.SUMMARY
+    summary = rundir.read_json(path, "summary.json") if path.is_file() else {}
+    summary.update(status="stopped", stop_reason=reason)
+    rundir.write_json(path, summary)
 
 
 def _state(values: dict[str, Any]):

@@ -373,6 +373,14 @@ def round_summary(record: Any) -> dict[str, Any]:
     }
 
 
+def run_usage(state: Any) -> dict[str, Any]:
+    """summary.json's `usage`: every billed call of the run (retries, failed answers, preflight checks included),
+    by model, priced, and the calls the cache answered."""
+    from agents.models.usage import usage_summary
+
+    return usage_summary(state.usage_by_model(), state.model_specs())
+
+
 def summary(state: Any, *, finished: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json: every round's figures, the stop reason, the selection and the supervisor's failures."""
     sel = state.selection
@@ -384,6 +392,7 @@ def summary(state: Any, *, finished: bool, extra: dict[str, Any] | None = None) 
         "annotators": list(state.annotators),
         "current_round": state.round,
         "supervisor_failures": {str(s.round): s.summary_failures() for s in state.supervisor if s.summary_failures()},
+        "usage": run_usage(state),
         **(extra or {}),
     }
 

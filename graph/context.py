@@ -38,6 +38,16 @@ class DizinerContext(BaseModel):
         "where each round starts from no instructions and the original goal",
     )
     percentile: float = Field(default=80.0, ge=0, le=100, description="hotspot threshold percentile")
+    call_cache: bool = Field(
+        default=True, description="answer repeated calls of temperature-0 models from the persistent call cache"
+    )
+    cache_dir: str = Field(default="", description="call cache directory (empty: DIZINER_CACHE_DIR or ~/.cache/diziner)")
+    timeout: float | None = Field(
+        default=None, gt=0, description="every model call's total deadline in seconds (empty: each model's own)"
+    )
+    budget_usd: float | None = Field(
+        default=None, ge=0, description="stop before priced spending would pass this many US dollars (empty: no limit)"
+    )
     max_report_examples: int = Field(default=10, ge=0, description="report examples per error type")
 
     @field_validator("max_loops")

@@ -19,19 +19,50 @@ from pydantic import BaseModel
 
 from agents import supervisor as sup
 from agents.annotator import run_annotator
+from agents.cache import CallCache, open_cache
 from agents.guideline import change_ratio, configuration_for, enforce_caps, guideline_markdown, render_instructions
-from agents.models import ModelSpec, RunModels, named_chat_model, resolve_models
+from agents.models import ModelHandle, ModelSpec, RunModels, resolve_models
+from agents.models.errors import ModelUnavailable
 from agents.structured import trace_config
 from graph.context import DizinerContext, get_context
 from graph.progress import SelectionFigures, StepFigures, report_step
 from graph.routing import select_configuration, stop_decision
 from prompts import render
-from state.errors import InputError
+from state.errors import BudgetReached, InputError
 from state.graph_state import DizinerState, Guideline, PhaseFailure, RoundRecord, Selection, SupervisorRound, TokenUsage
-from state.models import AgreementStats, AnnotatorOutput, DisagreementReport, Document, Hotspot, Span, TaskConfiguration
+from state.models import AgreementStats, DisagreementReport, Document, Hotspot, Span, TaskConfiguration
 from state.phases import SupervisorPhase, as_record
 
 ModelFactory = Callable[[ModelSpec], BaseChatModel]
+
+
+def call_cache(ctx: DizinerContext, spec: ModelSpec) -> CallCache | None:
+    """The persistent call cache for this model's calls: on for temperature 0 unless the run turned it off."""
+    return open_cache(ctx.cache_dir or None) if ctx.call_cache and spec.temperature == 0 else None
+
+
+def with_deadline(spec: ModelSpec, ctx: DizinerContext) -> ModelSpec:
+    """The spec with the run's call deadline (`--timeout`) when one was given."""
+    return spec if ctx.timeout is None else spec.model_copy(update={"timeout": ctx.timeout})
+
+
+def spent_usd(state: DizinerState) -> float:
+    """What the run's billed calls cost so far (priced models only)."""
+    from agents.models.usage import usage_summary
+
+    return usage_summary(state.usage_by_model(), state.model_specs())["cost_usd"]
+
+
+def check_budget(state: DizinerState, ctx: DizinerContext, step: str, expected: float = 0.0) -> None:
+    """Stop before `step` when the spending so far, plus what the step is expected to cost, would pass the budget."""
+    if ctx.budget_usd is None:
+        return
+    spent = spent_usd(state)
+    if spent + expected > ctx.budget_usd or (spent > 0 and spent >= ctx.budget_usd):
+        raise BudgetReached(
+            f"budget: ${spent:.4f} spent of ${ctx.budget_usd:.4f}; stopped before {step}"
+            + (f" (expected ${expected:.4f} more)" if expected else "")
+        )
 
 
 def run_models(state: DizinerState, ctx: DizinerContext) -> RunModels:
@@ -67,6 +98,13 @@ def select_pilot(state: DizinerState, runtime: Runtime[DizinerContext]) -> dict[
     ctx = get_context(runtime)
     models = run_models(state, ctx)  # bad specs fail here, before any model runs
     round_ = state.round + 1
+    if state.history:
+        last = state.history[-1]
+        specs = state.model_specs()
+        from agents.models.prices import cost_usd
+
+        expected = sum(cost_usd(specs[k].price, u) for k, u in last.token_usage.items() if k in specs)
+        check_budget(state, ctx, f"round {round_}", expected)
     chosen = choose([d.text for d in state.documents], ctx.pilot_size, ctx.seed, round_ - 1, state.pilot_history)
     report_step(runtime, StepFigures(
         node="select_pilot", round=round_, seconds=time.perf_counter() - started,
@@ -105,17 +143,23 @@ def assign_annotators(state: DizinerState) -> list[Send]:
 # ---------------------------------------------------------------- annotators
 
 
+UNREACHABLE_AFTER = 3
+"""A model none of whose calls in a round (at least this many) reached it stops the run, resumable."""
+
+
 async def annotate(task: AnnotateTask, runtime: Runtime[DizinerContext], *, models: ModelFactory) -> dict[str, Any]:
-    """One annotator agent: all pilot documents, concurrently up to the model's limit."""
-    spec = task.spec
+    """One annotator agent: all pilot documents, concurrently up to the model's limit. A model that cannot be built,
+    fails its check, or that no call of the round reached stops the run (resumable): a round of failures is never
+    analysed."""
+    ctx = get_context(runtime)
+    spec = with_deadline(task.spec, ctx)
     started = time.perf_counter()
-    try:
-        outputs, usage = await run_annotator(models, spec, task.configuration, task.documents, task.round)
-    except InputError as exc:  # e.g. a missing API key: every document fails with that reason
-        outputs = [
-            AnnotatorOutput(annotator=spec.name, document_id=d.id, status="failed", reason=str(exc)) for d in task.documents
-        ]
-        usage = TokenUsage()
+    outputs, usage = await run_annotator(
+        models, spec, task.configuration, task.documents, task.round, cache=call_cache(ctx, spec)
+    )
+    unreachable = [o for o in outputs if o.error_kind in ("transport", "timeout")]
+    if len(outputs) >= UNREACHABLE_AFTER and len(unreachable) == len(outputs):
+        raise ModelUnavailable(spec.name, f"every call of round {task.round} failed: {unreachable[0].reason}")
     usage.seconds = time.perf_counter() - started
     report_step(runtime, StepFigures(
         node="annotate", round=task.round, annotator=spec.name, seconds=usage.seconds, documents=len(outputs),
@@ -235,18 +279,20 @@ def _with_usage(state: DizinerState, usage: TokenUsage, node: str, seconds: floa
 
 
 async def _ask_supervisor(
-    state: DizinerState, factory: ModelFactory, phase: SupervisorPhase, build_prompt: Callable[[int], str],
-    annotator: str | None = None,
+    state: DizinerState, ctx: DizinerContext, factory: ModelFactory, phase: SupervisorPhase,
+    build_prompt: Callable[[int], str], annotator: str | None = None,
 ) -> tuple[BaseModel, TokenUsage]:
     """One supervisor call for `phase`: its record on success; PhaseFailed (or a build error) otherwise."""
-    spec = state.models.supervisor
-    model = await named_chat_model(factory, spec)
+    check_budget(state, ctx, f"{phase.value} of round {state.round}")
+    spec = with_deadline(state.models.supervisor, ctx)
+    model = ModelHandle(factory, spec)
     prompt = sup.fit(build_prompt, spec)
     meta: dict[str, Any] = {"round": state.round, "phase": phase.value}
     if annotator is not None:
         meta["annotator"] = annotator
     cfg = trace_config(f"{phase.value} · {spec.name}", ["supervisor", phase.value], **meta)
-    answer, usage = await sup.call_phase(model, spec, sup.schema_for(spec, phase), prompt, cfg)
+    cache = call_cache(ctx, spec)
+    answer, usage = await sup.call_phase(model, spec, sup.schema_for(spec, phase), prompt, cfg, cache)
     return as_record(phase, answer), usage
 
 
@@ -269,8 +315,10 @@ async def _single_phase(state, runtime, models, phase: SupervisorPhase, build, s
     rounds, rec = _supervisor_record(state)
     usage = TokenUsage()
     try:
-        out, usage = await _ask_supervisor(state, models, phase, build)
+        out, usage = await _ask_supervisor(state, get_context(runtime), models, phase, build)
         store(rec, out)
+    except (ModelUnavailable, InputError, BudgetReached):
+        raise  # an error of the run: it stops, resumable
     except Exception as exc:
         rec.failures.append(_failure(phase, exc))
         usage = getattr(exc, "usage", usage)
@@ -327,8 +375,10 @@ async def diagnose_models(state: DizinerState, runtime: Runtime[DizinerContext],
             )
 
         try:
-            out, usage = await _ask_supervisor(state, models, phase, build, annotator=name)
+            out, usage = await _ask_supervisor(state, ctx, models, phase, build, annotator=name)
             return name, out, usage, None
+        except (ModelUnavailable, InputError, BudgetReached):
+            raise
         except Exception as exc:
             return name, None, getattr(exc, "usage", TokenUsage()), exc
 

@@ -14,3 +14,7 @@ class InputError(ValueError):
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
         super().__init__(where + message)
+
+
+class BudgetReached(RuntimeError):
+    """The run stopped before a step whose spending would pass the budget; resumable with a higher budget."""

@@ -158,6 +158,21 @@ class DizinerState(DizinerInput, DizinerOutput):
     supervisor: list[SupervisorRound] = Field(default_factory=list)
     status: Literal["running", "stopped"] = "running"
 
+    def usage_by_model(self) -> list[tuple[str, TokenUsage]]:
+        """(model name, usage) of every round so far (the supervisor's under its model's name), the current round's
+        annotators included before its record exists."""
+        supervisor = self.models.supervisor.name if self.models else "supervisor"
+        pairs = [(supervisor if k == "supervisor" else k, u) for r in self.history for k, u in r.token_usage.items()]
+        if not any(r.round == self.round for r in self.history):
+            pairs += list(self.usage.items())
+        return pairs
+
+    def model_specs(self) -> dict[str, Any]:
+        """Model name -> resolved spec, annotators and supervisor."""
+        if self.models is None:
+            return {}
+        return {**{s.name: s for s in self.models.annotators}, self.models.supervisor.name: self.models.supervisor}
+
     def pilot_readings(self) -> list[tuple[int, Document, dict[str, list[Span] | None]]]:
         """The current round's pilot documents in pilot-set order, each with its pool index and every annotator's
         spans (None where the annotator failed or left no output), annotators in run order."""

@@ -161,6 +161,7 @@ class AnnotatorOutput(_Model):
     status: Literal["ok", "failed"]
     spans: list[Span] = Field(default_factory=list)
     reason: str | None = Field(default=None, description="why it failed")
+    error_kind: str | None = Field(default=None, description="how it failed: answer, timeout, transport, server, ...")
     raw: str | None = Field(default=None, description="the model's raw reply")
     not_found: int = Field(default=0, description="entity strings that could not be grounded in the text")
     dropped_types: int = Field(default=0, description="entities of a type outside the schema")

@@ -44,3 +44,18 @@ def scripted_models(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[str]
         return models
 
     return install
+
+
+@pytest.fixture(autouse=True)
+def private_call_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own LLM-call cache directory (never the user's ~/.cache/diziner), every model is checked
+    again before its first uncached call, and retries wait 10 ms instead of seconds."""
+    from agents.models.preflight import forget_checks
+
+    import agents.structured
+
+    directory = tmp_path_factory.mktemp("call-cache")
+    monkeypatch.setenv("DIZINER_CACHE_DIR", str(directory))
+    monkeypatch.setattr(agents.structured, "BACKOFF_BASE_S", 0.01)  # retries keep their count, not their wait
+    forget_checks()
+    return directory

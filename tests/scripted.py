@@ -19,6 +19,18 @@ from langchain_core.runnables import RunnableLambda
 from pydantic import PrivateAttr
 
 
+def _schema_name(kwargs: dict[str, Any]) -> str:
+    """The output schema's name from how the call layer bound it (response_format, format or tools)."""
+    fmt = kwargs.get("response_format")
+    if isinstance(fmt, dict):
+        return str((fmt.get("json_schema") or {}).get("name", ""))
+    ollama = kwargs.get("format")
+    if isinstance(ollama, dict):
+        return str(ollama.get("title", ""))
+    tools = kwargs.get("tools") or []
+    return str(tools[0].get("function", {}).get("name", "")) if tools else ""
+
+
 class ScriptedChatModel(BaseChatModel):
     respond: Callable[[str, str], Any]
     _calls: list[tuple[str, str]] = PrivateAttr(default_factory=list)
@@ -35,12 +47,14 @@ class ScriptedChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
         prompt = "\n".join(str(m.content) for m in messages)
-        schema = kwargs.get("schema_name", "")
+        schema = kwargs.get("schema_name") or _schema_name(kwargs)
         with self._lock:
             self._calls.append((prompt, schema))
         answer = self.respond(prompt, schema)
         if isinstance(answer, Exception):
             raise answer
+        if isinstance(answer, AIMessage):  # a reply with its own metadata (e.g. cut at the output cap)
+            return ChatResult(generations=[ChatGeneration(message=answer)])
         text = answer if isinstance(answer, str) else json.dumps(answer)
         msg = AIMessage(content=text, usage_metadata={"input_tokens": len(prompt) // 4, "output_tokens": len(text) // 4, "total_tokens": (len(prompt) + len(text)) // 4})
         return ChatResult(generations=[ChatGeneration(message=msg)])

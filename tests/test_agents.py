@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
 from pydantic import BaseModel, ValidationError
 
 from agents.annotator import annotate_document, entity_schema
@@ -62,26 +63,48 @@ def _run(spec_name: str, answers: list[Any]) -> tuple[Any, ScriptedChatModel]:
     return out, model
 
 
-def test_unusable_answer_from_a_deterministic_model_is_not_retried() -> None:
+def test_an_invalid_answer_gets_one_reask_quoting_the_error() -> None:
     out, model = _run("embedded:smollm2", [{}, {"entities": []}])
-    assert out.status == "failed" and len(model.calls) == 1
-    assert out.reason.startswith("after 1 attempt: unparseable answer") and "entities" in out.reason
-    assert out.raw == "{}"  # kept for the reader
-
-
-def test_unusable_answer_from_other_models_is_retried() -> None:
+    assert out.status == "ok" and len(model.calls) == 2
+    reask = model.calls[1][0]
+    assert reask.startswith(model.calls[0][0]) and "entities" in reask.split(model.calls[0][0], 1)[1]  # the error quoted
     out, model = _run("openai:gpt-5-mini", [{}, {"entities": [{"text": "London", "type": "LOC"}]}])
     assert out.status == "ok" and len(model.calls) == 2
     assert [(s.start, s.end, s.type) for s in out.spans] == [(22, 28, "LOC")]
     out, model = _run("openai:gpt-5-mini", [{}, "not json"])
-    assert out.status == "failed" and out.reason.startswith("after 2 attempts: unparseable answer")
+    assert out.status == "failed" and len(model.calls) == 2
+    assert out.reason == "unusable answer: no JSON object in the answer: 'not json'"
+    assert out.raw == "not json" and out.error_kind == "answer"  # the last answer is kept for the reader
+
+
+def test_answers_in_think_blocks_fences_and_prose_are_read() -> None:
+    reply = '<think>PER? yes.</think>\nSure:\n```json\n{"entities": [{"text": "Ada Lovelace", "type": "PER"}]}\n```\nDone.'
+    out, model = _run("ollama:qwen3:14b", [reply])
+    assert out.status == "ok" and len(model.calls) == 1 and [(s.start, s.end) for s in out.spans] == [(0, 12)]
+
+
+def test_an_answer_cut_at_the_cap_is_not_asked_again_of_a_deterministic_model() -> None:
+    cut = AIMessage(content='{"entities": [{"text": "Ada', response_metadata={"finish_reason": "length"})
+    out, model = _run("embedded:smollm2", [cut, {"entities": []}])
+    assert out.status == "failed" and len(model.calls) == 1 and out.reason.startswith("unusable answer: answer cut at")
+    out, model = _run("openai:gpt-5-mini", [cut, {"entities": []}])  # a sampling model may finish next time
+    assert out.status == "ok" and len(model.calls) == 2
 
 
 def test_call_errors_are_retried_even_for_deterministic_models() -> None:
     out, model = _run("embedded:smollm2", [ConnectionError("server restarting"), {"entities": [{"text": "Ada Lovelace", "type": "PER"}]}])
     assert out.status == "ok" and len(model.calls) == 2 and [(s.start, s.end) for s in out.spans] == [(0, 12)]
-    out, model = _run("embedded:smollm2", [ConnectionError("down"), ConnectionError("still down")])
-    assert out.status == "failed" and out.reason == "after 2 attempts: ConnectionError: still down"
+    out, model = _run("embedded:smollm2", [ConnectionError("down"), ConnectionError("down"), ConnectionError("still down")])
+    assert out.status == "failed" and out.reason == "after 3 attempts: ConnectionError: still down"
+    assert out.error_kind == "transport" and len(model.calls) == 3  # 1 + max_retries (2)
+
+
+def test_errors_that_cannot_heal_are_not_retried() -> None:
+    class Refused(Exception):
+        status_code = 401
+
+    out, model = _run("openai:gpt-5-mini", [Refused("bad key"), {"entities": []}])
+    assert out.status == "failed" and len(model.calls) == 1 and out.error_kind == "auth"
 
 
 def test_invoke_structured_reports_usage_of_every_answer() -> None:

@@ -348,7 +348,7 @@ def test_failed_supervisor_phase_keeps_guideline_and_records_why():
     out = asyncio.run(g.ainvoke({"task": TASK.model_dump(), "documents": DOCS}, cfg, context=ctx))
     records = g.get_state(cfg).values["supervisor"]
     assert records[0].failure(SupervisorPhase.ORGANIZATION) is None
-    assert records[1].failure(SupervisorPhase.ORGANIZATION).reason == "after 2 attempts: RuntimeError: supervisor overloaded"
+    assert records[1].failure(SupervisorPhase.ORGANIZATION).reason == "after 3 attempts: RuntimeError: supervisor overloaded"
     third = script.prompts("openai:a")[6:]
     assert len(third) == 3 and all("LEVEL-1: tag names as POLITICIAN" in p for p in third)  # round 1's guideline kept
     assert out["history"][1].guideline_change == 0.0

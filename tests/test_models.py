@@ -377,7 +377,8 @@ def test_openai_with_dummy_key_constructs_offline(monkeypatch: pytest.MonkeyPatc
     assert model.model_name == "gpt-oss-20b"
     assert model.openai_api_base == "http://127.0.0.1:9/v1"
     assert model.openai_api_key.get_secret_value() == "sk-dummy"
-    assert (model.temperature, model.max_tokens, model.request_timeout, model.max_retries) == (0.2, 77, 12, 5)
+    assert (model.temperature, model.max_tokens, model.request_timeout) == (0.2, 77, 12)
+    assert model.max_retries == 0 and spec.max_retries == 5  # the call layer retries, within the call's deadline
     assert chat_model(spec) is model  # cached per spec
     assert chat_model(parse_model_spec("openai:gpt-oss-20b", base_url="http://127.0.0.1:9/v1")) is not model
 

@@ -4,7 +4,7 @@ Core code asks a spec's profile what a model can do (`ModelSpec.profile`, `Model
 provider serves it.
 """
 
-from agents.models.clients import chat_model, clear_cache, named_chat_model
+from agents.models.clients import ModelHandle, chat_model, clear_cache, named_chat_model
 from agents.models.names import safe_name
 from agents.models.profiles import DEFAULT_PROFILE, PROFILES, SMALL_PROFILE, ModelProfile
 from agents.models.runfile import RunModels, check_annotator_names, load_run_config, resolve_models
@@ -17,6 +17,7 @@ __all__ = [
     "PROFILES",
     "PROVIDERS",
     "SMALL_PROFILE",
+    "ModelHandle",
     "ModelProfile",
     "ModelSpec",
     "Role",

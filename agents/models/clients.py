@@ -19,7 +19,7 @@ from state.errors import InputError
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-__all__ = ["chat_model", "clear_cache", "named_chat_model"]
+__all__ = ["ModelHandle", "chat_model", "clear_cache", "named_chat_model"]
 
 # spec -> (model, embedded server URL it was built for, or None)
 _cache: dict[ModelSpec, tuple[BaseChatModel, str | None]] = {}
@@ -56,6 +56,26 @@ async def named_chat_model(factory: Any, spec: ModelSpec) -> BaseChatModel:
         return model.model_copy(update={"name": spec.name})
     except Exception:  # a model class that cannot be copied keeps its own name
         return model
+
+
+class ModelHandle:
+    """A spec's chat model, built on its first use: a run whose calls the cache answers needs no key and starts no
+    server."""
+
+    def __init__(self, factory: Any, spec: ModelSpec) -> None:
+        self.factory = factory
+        self.spec = spec
+        self._model: BaseChatModel | None = None
+        self._building: asyncio.Task[BaseChatModel] | None = None
+
+    async def get(self) -> BaseChatModel:
+        """The model, built once (concurrent callers share the build)."""
+        if self._model is not None:
+            return self._model
+        if self._building is None or self._building.get_loop() is not asyncio.get_running_loop():
+            self._building = asyncio.ensure_future(named_chat_model(self.factory, self.spec))
+        self._model = await asyncio.shield(self._building)
+        return self._model
 
 
 def _still_valid(spec: ModelSpec, url: str | None) -> bool:
@@ -103,7 +123,7 @@ def _build_openai(spec: ModelSpec) -> BaseChatModel:
         frequency_penalty=spec.profile.frequency_penalty,
         max_tokens=spec.max_tokens,
         timeout=spec.timeout,
-        max_retries=spec.max_retries,
+        max_retries=0,  # the call layer retries (agents.structured), within the call's deadline
     )
 
 
@@ -158,7 +178,7 @@ def _build_embedded(spec: ModelSpec) -> BaseChatModel:
         frequency_penalty=spec.profile.frequency_penalty,
         max_tokens=spec.max_tokens,
         timeout=spec.timeout,
-        max_retries=spec.max_retries,
+        max_retries=0,  # the call layer retries (agents.structured), within the call's deadline
         http_client=httpx.Client(trust_env=False, timeout=spec.timeout),
         http_async_client=httpx.AsyncClient(transport=_per_loop_transport(), timeout=spec.timeout),
     )

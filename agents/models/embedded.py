@@ -30,7 +30,6 @@ import importlib.util
 import json
 import logging
 import os
-import sys
 import threading
 import time
 import urllib.error

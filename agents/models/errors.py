@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["CallError", "Failure", "classify"]
+__all__ = ["CallError", "Failure", "ModelUnavailable", "classify"]
 
 Kind = Literal["auth", "not_found", "context", "bad_request", "rate", "server", "transport", "timeout", "answer", "other"]
 
-_HEALING: frozenset[str] = frozenset({"rate", "server", "transport", "timeout"})
+_LASTING: frozenset[str] = frozenset({"auth", "not_found", "context", "bad_request", "answer"})
+"""Errors a retry cannot heal: a refused key, an unknown model, a prompt too long, a malformed request."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Failure:
 
     @property
     def retryable(self) -> bool:
-        return self.kind in _HEALING
+        return self.kind not in _LASTING
 
     @property
     def unreachable(self) -> bool:
@@ -45,6 +46,15 @@ class CallError(RuntimeError):
         self.failure = failure
         self.usage = usage
         self.raw_text = raw_text
+
+
+class ModelUnavailable(RuntimeError):
+    """A model that cannot be reached: an error of the run, not of a document. The run stops and can be resumed."""
+
+    def __init__(self, spec_name: str, cause: str) -> None:
+        super().__init__(f"model {spec_name!r} cannot be reached: {cause}")
+        self.spec_name = spec_name
+        self.cause = cause
 
 
 def _retry_after(headers: Any) -> float | None:

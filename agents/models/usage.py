@@ -1,0 +1,51 @@
+"""Usage as money: per model, billed and answered from the cache, priced where a price is known."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from agents.models.prices import cost_usd
+from agents.models.spec import ModelSpec
+from state.graph_state import TokenUsage
+
+__all__ = ["usage_summary"]
+
+
+def _figures(usage: TokenUsage, price: Any) -> dict[str, Any]:
+    return {"input_tokens": usage.input_tokens, "cached_input_tokens": usage.cached_input_tokens,
+            "output_tokens": usage.output_tokens, "calls": usage.calls, "estimated_calls": usage.estimated_calls,
+            "cost_usd": round(cost_usd(price, usage), 6)}
+
+
+def _from_cache(usage: TokenUsage, price: Any) -> dict[str, Any]:
+    hits = TokenUsage(input_tokens=usage.cache_input_tokens, output_tokens=usage.cache_output_tokens)
+    return {"input_tokens": hits.input_tokens, "cached_input_tokens": 0, "output_tokens": hits.output_tokens,
+            "calls": usage.cache_hits, "cost_usd": round(cost_usd(price, hits), 6)}
+
+
+def usage_summary(usages: Iterable[tuple[str, TokenUsage]], specs: Mapping[str, ModelSpec]) -> dict[str, Any]:
+    """{input_tokens, cached_input_tokens, output_tokens, calls, cost_usd, by_model, from_cache, unpriced} over
+    (model name, usage) pairs; a model without a price costs nothing and is listed as unpriced."""
+    by_name: dict[str, TokenUsage] = {}
+    for name, usage in usages:
+        by_name[name] = by_name[name].add(usage) if name in by_name else usage
+    total, total_cost, cache_total, cache_cost = TokenUsage(), 0.0, TokenUsage(), 0.0
+    by_model: dict[str, Any] = {}
+    for name in sorted(by_name):
+        usage = by_name[name]
+        price = specs[name].price if name in specs else None
+        figures = _figures(usage, price)
+        figures["from_cache"] = _from_cache(usage, price)
+        figures["priced"] = price is not None
+        by_model[name] = figures
+        total = total.add(usage)
+        total_cost += figures["cost_usd"]
+        cache_cost += figures["from_cache"]["cost_usd"]
+        cache_total = cache_total.add(usage)
+    summary = _figures(total, None)
+    summary["cost_usd"] = round(total_cost, 6)
+    summary["by_model"] = by_model
+    summary["from_cache"] = {**_from_cache(cache_total, None), "cost_usd": round(cache_cost, 6)}
+    summary["unpriced"] = [n for n, f in by_model.items() if not f["priced"]]
+    return summary
