@@ -251,6 +251,22 @@ def test_openai_responder_errors_and_unknown_paths(openai_server):
     ]
 
 
+def test_openai_slow_answer_and_model_list_faults(openai_server):
+    server = openai_server(schedule="slow:0.3", list_schedule="503, drop")
+    c = client(server)
+    started = time.monotonic()
+    assert ask(c).choices[0].finish_reason == "stop"
+    assert time.monotonic() - started >= 0.3
+    with pytest.raises(openai.InternalServerError):
+        c.models.list()
+    with pytest.raises(openai.APIConnectionError):
+        c.models.list()
+    assert [m.id for m in c.models.list().data] == [MODEL]
+    log = server.requests()
+    assert [(r.method, r.outcome) for r in log] == [("POST", "slow"), ("GET", "503"), ("GET", "drop"), ("GET", "ok")]
+    assert log[0].elapsed >= 0.3 and log[0].usage is not None
+
+
 def test_openai_dropped_connections_are_retried_and_all_logged(openai_server):
     server = openai_server(schedule="drop, drop")
     with pytest.raises(openai.APIConnectionError):

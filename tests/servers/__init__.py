@@ -20,32 +20,40 @@ What a server answers
     any other structured request with the smallest instance of its JSON schema (`minimal_instance`).
 
 Fault schedule
-    Each generation request takes the next fault of the server's schedule, before the responder is called:
+    Each generation request that passes the server's own checks (API key, known model) takes the next fault of
+    the server's `schedule` before the responder is called; the model-listing endpoint has its own `list_schedule`:
 
-    - ``schedule="500, 429:1, ok"`` or ``["500", "429:1"]``: in order, then ``ok`` for every later request
-      (`FaultSchedule.sequence(*faults, then="ok", cycle=False, per_body=False)`).
+    - ``schedule="500, 429:1"`` or ``["500", "429:1"]``: in order, then ``ok`` for every later request
+      (`FaultSchedule.sequence_of(*faults, then="ok", cycle=False, per_body=False)`).
     - ``FaultSchedule.chance({"500": 0.2, "drop": 0.1}, seed=7)``: by seeded chance, the rest ``ok``.
     - ``per_body=True`` keys either schedule by the request body: every distinct request runs through the schedule
       on its own (its first attempt takes the first fault, its retry the second), so concurrent requests get the
       same faults in any arrival order.
 
     Faults (`Fault.parse`): ``ok``; an HTTP status ``500``, ``503``, ``401``, ``404`` (model not found), ``400``
-    (context length exceeded), ``429[:N]`` (with ``Retry-After: N``, default 1), or any other 3-digit status;
-    ``drop`` (close the connection without answering); ``silent`` (never answer; the connection stays open until
-    the client gives up or the server stops); ``drip[:K]`` (send the status line and headers, then one byte every K
-    seconds, default 0.2, never finishing); ``cut`` (send half the answer, then close); ``slow:N`` (answer after N
-    seconds); ``bad-json`` (a 200 whose body is not JSON); and the content faults, combinable with ``+``
-    (``think+fence``): ``think`` (content wrapped after a ``<think>...</think>`` block), ``fence`` (in a
-    ```` ```json ```` code fence), ``prose`` (trailing prose), ``preamble`` (leading prose), ``length`` (cut at the
-    token cap, finish reason ``length``). The Ollama server adds ``stream-error`` (an ``{"error": ...}`` line in
-    the middle of a stream).
+    (context length exceeded), ``429[:N]`` (with ``Retry-After: N``, default 1), or any other 3-digit status, each
+    with the protocol's error body; ``drop`` (close the connection without answering); ``silent`` (never answer;
+    the connection stays open until the client gives up or the server stops); ``drip[:K]`` (send the status line
+    and headers, then one byte every K seconds, default 0.2, never finishing: a per-read timeout longer than K
+    never fires, only an overall deadline ends the call); ``cut`` (send half the answer, then close); ``slow:N``
+    (answer after N seconds); ``bad-json`` (a 200 whose body is not JSON); ``stream-error`` (half a stream, then
+    the protocol's error event or line; a 500 when not streaming); and the content faults, combinable with ``+``
+    (``think+fence``): ``think`` (the content preceded by a ``<think>...</think>`` block), ``fence`` (in a
+    ```` ```json ```` code fence), ``prose`` (trailing prose), ``preamble`` (leading prose), ``length`` (cut to half
+    its tokens, finish reason ``length``). Independently of faults, an answer longer than the request's token cap
+    is cut at the cap with finish reason ``length``.
 
 Request log
-    `server.log` is the thread-safe `RequestLog` of every request, failed ones included: `LoggedRequest` records
-    with the time, method, path, model, parsed body, stream flag, HTTP status sent (None when none was), outcome
-    (the fault's name, ``ok``, ``unknown-model``, ``unauthorised``, ``bad-request``, ``responder-error``) and the
-    usage the client was sent (``{"prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"}``, None when
-    the client got none). Tokens are counted by `count_tokens` (words and punctuation marks), deterministically.
+    `server.log` is the thread-safe `RequestLog` of every request, failed ones included (`server.requests(path)` and
+    `server.chat_requests()` give snapshots): `LoggedRequest` records with the time, method, path, model, parsed
+    body, stream flag, HTTP status sent (None when none was), outcome (``ok``, the fault's name, or
+    ``unknown-model``, ``unauthorised``, ``bad-request``, ``context-length``, ``no-thinking``, ``unknown-path``,
+    ``responder-error``), the usage the client was sent (``{"prompt_tokens", "completion_tokens",
+    "total_tokens", "cached_tokens"}``; None when the client got none), the finish reason and the elapsed time.
+    The outcome is recorded before the answer leaves, so a client holding an answer finds it logged. Tokens are
+    counted by `count_tokens` (words and punctuation marks), deterministically; `usage_totals` sums a log's usage.
+    `server.peak_concurrency` is the most generation requests served at once; `server.errors` holds the server's
+    own failures (the fixtures fail the test on any); `server.live_threads()` is empty once the server stopped.
 """
 
 from __future__ import annotations
