@@ -578,10 +578,6 @@ class _HTTPServer(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-class ClientGone(Exception):
-    """The client closed the connection while the server was answering."""
-
-
 class LoopbackHandler(BaseHTTPRequestHandler):
     """The HTTP mechanics both protocols share: JSON and streamed answers, and the transport faults."""
 
@@ -620,9 +616,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
                 return
         try:
             self.route(method, path, body)
-        except ClientGone:
-            self.close_connection = True
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError):  # the client left while the server was answering
             self.close_connection = True
 
     def route(self, method: str, path: str, body: Any) -> None:
