@@ -63,6 +63,7 @@ Exit codes: 0 done, 2 bad input (before any model call), 1 failure (continue wit
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the options of `diziner bench` (models, loop settings and call options as `diziner refine` has them)."""
     from graph.context import DizinerContext
 
     defaults = {name: f.default for name, f in DizinerContext.model_fields.items()}
@@ -422,6 +423,7 @@ async def _run_jobs(prep: Prepared, record, jobs: list[Job], args: argparse.Name
         outputs, usage = await annotator_agent.run_annotator(
             models.chat_model, spec, job.configuration, documents, job.round, phase="test", **extra)
         usage = usage if isinstance(usage, TokenUsage) else TokenUsage()
+        usage.seconds = round(time.perf_counter() - started, 3)
         by_id = {o.document_id: o for o in outputs}
         lines = []
         for d in documents:
@@ -484,7 +486,9 @@ def _loop_usage(summary: dict[str, Any]) -> tuple[int, int, str]:
         if not isinstance(obj, dict):
             return None
         if isinstance(obj.get("calls"), int):
-            return obj["calls"], int(obj.get("cache_hits") or 0)
+            cached = obj.get("from_cache")
+            hits = obj.get("cache_hits") or (cached.get("calls") if isinstance(cached, dict) else 0)
+            return obj["calls"], int(hits or 0)
         if "total" in obj:
             return total(obj["total"])
         parts = [t for v in obj.values() if (t := total(v)) is not None]

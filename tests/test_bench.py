@@ -359,7 +359,10 @@ def test_a_repeated_bench_is_answered_by_the_call_cache(tmp_path, install):
     args[args.index("--out") + 1] = str(tmp_path / "two")
     assert main(args) == 0
     second = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert again.total_calls() == 0 and second["model_calls"] == 0 and second["cache_hits"] > 0
+    assert again.total_calls() == 0 and second["model_calls"] == 0
+    detail = second["model_calls_detail"]
+    assert detail["loop_cache_hits"] > 0 and detail["test_cache_hits"] > 0  # the loop's and the test phase's
+    assert second["cache_hits"] == detail["loop_cache_hits"] + detail["test_cache_hits"]
     assert [r["micro"] for r in second["configurations"]] == [r["micro"] for r in first["configurations"]]
 
 
