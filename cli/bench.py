@@ -305,13 +305,25 @@ def _refine_argv(prep: Prepared, args: argparse.Namespace) -> list[str]:
 
 def _call_argv(args: argparse.Namespace, accepted: set[str]) -> list[str]:
     """The call options given to the bench, as refine's flags (those its parser has)."""
-    argv = []
+    argv, ignored = [], []
     for flag, dest in (("--cache-dir", "cache_dir"), ("--timeout", "timeout"), ("--budget", "budget")):
         value = getattr(args, dest, None)
-        if value is not None and flag in accepted:
+        if value is None:
+            continue
+        if flag in accepted:
             argv += [flag, str(value)]
-    if getattr(args, "no_cache", False) and "--no-cache" in accepted:
-        argv.append("--no-cache")
+        else:
+            ignored.append(flag)
+    if getattr(args, "no_cache", False):
+        if "--no-cache" in accepted:
+            argv.append("--no-cache")
+        else:
+            ignored.append("--no-cache")
+    if ignored:
+        say(f"{PROG}: warning: this diziner's loop does not take {', '.join(ignored)}: not applied to the loop")
+    for flag, dest in (("--timeout", "timeout"), ("--budget", "budget")):
+        if getattr(args, dest, None) is not None:
+            say(f"{PROG}: warning: {flag} is not applied to the test annotations (only the loop takes it)")
     return argv
 
 
