@@ -336,20 +336,19 @@ class _TextWriter(Writer):
     def __init__(self, path: str | os.PathLike, resume: Mark | None = None) -> None:
         super().__init__(path)
         p = str(self.path)
-        self._done = 0  # documents whose bytes are in the buffer or file
+        self._done = resume.documents if resume is not None else 0  # documents written (bytes in buffer or file)
         try:
-            if resume is None or (resume.documents == 0 and resume.offset == 0):
+            if resume is None or resume.offset <= len(self._head):  # nothing written yet (or documents left out)
                 self._fh = open(self.path, "wb", buffering=_BUFFER)  # noqa: SIM115 (closed by close())
                 self._fh.write(self._head)
             else:
                 self._fh = open(self.path, "r+b", buffering=_BUFFER)  # noqa: SIM115
                 size = self._fh.seek(0, os.SEEK_END)
-                if size < resume.offset or resume.offset < len(self._head):
+                if size < resume.offset:
                     self._fh.close()
                     raise InputError(f"cannot resume: the file has {size} bytes, the mark says {resume.offset}", path=p)
                 self._fh.truncate(resume.offset)
                 self._fh.seek(resume.offset)
-                self._done = resume.documents
         except OSError as exc:
             raise InputError(f"cannot write file: {exc.strerror or exc}", path=p) from None
         self._body = self._fh.tell() > len(self._head)  # something written after the head

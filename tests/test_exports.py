@@ -84,7 +84,7 @@ def test_document_tokens_own_or_engines():
     toks, _, _ = document_tokens(CorpusDocument("x", "U.S. met", []))
     assert toks == ["U", ".", "S", ".", "met"]
     # tokens whose join is not the text are not taken
-    assert document_tokens(CorpusDocument("x", "a  b", [], tokens=["a", "b"]))[0] == ["a", "b"]
+    assert document_tokens(CorpusDocument("x", "a  b", [], tokens=["a b"]))[0] == ["a", "b"]
     assert document_tokens(CorpusDocument("x", "a  b", [], tokens=["a", "", "b"]))[0] == ["a", "", "b"]
 
 
@@ -444,6 +444,10 @@ def test_resume_refuses_a_mark_that_does_not_fit(tmp_path):
     out = tmp_path / "o.jsonl"
     with open_writer("jsonl", out) as w:
         w.write(CorpusDocument("a", "x", []))
+    # every document so far left out (failed): nothing to keep, the file starts again
+    with open_writer("jsonl", out, resume=Mark("jsonl", 3, 0)) as w:
+        w.write(CorpusDocument("b", "y", []))
+    assert w.close() == Mark("jsonl", 4, out.stat().st_size) and out.read_text().startswith('{"id": "b"')
     with pytest.raises(InputError, match="the mark says 999"):
         open_writer("jsonl", out, resume=Mark("jsonl", 5, 999))
     with pytest.raises(InputError, match="cannot resume a conll output as jsonl"):
