@@ -135,10 +135,11 @@ def test_chunks_end_on_sentences_when_they_fill_half_the_window():
 
 
 def test_a_sentence_end_too_early_in_the_window_gives_way_to_a_space():
-    text = "Hi. aaaa bbbb cccc dddd eeee ffff"
+    text = "Hi. Aaaa bbbb cccc dddd eeee ffff"
+    assert _sentence_ends(text) == {4}
     chunks = plan_chunks(text, 20, 0)
     # the sentence ends at 4, before the window's back half (10, 20]: the cut is the last word start in it
-    assert [c.substring(text) for c in chunks] == ["Hi. aaaa bbbb cccc ", "dddd eeee ffff"]
+    assert [c.substring(text) for c in chunks] == ["Hi. Aaaa bbbb cccc ", "dddd eeee ffff"]
 
 
 def test_sentence_ends_in_several_scripts_but_not_after_initials_or_before_lower_case():
@@ -306,11 +307,26 @@ def test_merge_tie_breaks_by_margin_then_length_then_start_then_type():
     def merge(in_a, in_b):
         return [(s.start, s.end, s.type) for s in merge_spans([(a, in_a), (b, in_b)], text_length=30)]
 
-    # same extent [12, 16), other types: a's margin is 20 - 16 = 4, b's is 12 - 10 = 2
-    assert merge([Span(start=12, end=16, type="LOC")], [Span(start=2, end=6, type="ORG")]) == [(12, 16, "LOC")]
+    # same extent [12, 16), other types: a's margin is 20 - 16 = 4, b's is 12 - 10 = 2, so a's type wins
+    assert merge([Span(start=12, end=16, type="ORG")], [Span(start=2, end=6, type="LOC")]) == [(12, 16, "ORG")]
+    # the larger margin wins over the longer span: [12, 16) in a (margin 4) against [11, 17) in b (margin 1)
+    assert merge([Span(start=12, end=16, type="A")], [Span(start=1, end=7, type="A")]) == [(12, 16, "A")]
     # equal margins (4), equal lengths: the smaller start wins
     assert merge([Span(start=12, end=16, type="B")], [Span(start=4, end=8, type="A")]) == [(12, 16, "B")]
     # equal margins (3): the longer span wins ([11, 17) in a: margin 3; [13, 16) in b: margin 3)
     assert merge([Span(start=11, end=17, type="B")], [Span(start=3, end=6, type="A")]) == [(11, 17, "B")]
     # everything equal but the type ([13, 17): margin 3 in both): the type name decides
     assert merge([Span(start=13, end=17, type="ORG")], [Span(start=3, end=7, type="LOC")]) == [(13, 17, "LOC")]
+
+
+def test_the_documents_own_edges_are_no_cut():
+    a, b = Chunk(0, 0, 20), Chunk(1, 10, 30)  # a 30-character document, overlap [10, 20)
+
+    def merge(in_a, in_b):
+        return [(s.start, s.end, s.type) for s in merge_spans([(a, in_a), (b, in_b)])]
+
+    # [1, 12) in a: 1 from the document's start, which is no cut, and 8 from a's cut at 20: margin 8;
+    # [11, 28) in b: margin 1 (from b's cut at 10), though longer
+    assert merge([Span(start=1, end=12, type="A")], [Span(start=1, end=18, type="B")]) == [(1, 12, "A")]
+    # [18, 29) in b: 8 from b's cut at 10, 1 from the document's end: margin 8; [5, 19) in a: margin 1, though longer
+    assert merge([Span(start=5, end=19, type="A")], [Span(start=8, end=19, type="B")]) == [(18, 29, "B")]
