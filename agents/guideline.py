@@ -137,3 +137,60 @@ def guideline_markdown(
         lines += [f"- {t} is written as `{lab}`" for lab, t in sorted(task.label_mapping.items(), key=lambda x: x[1])]
         lines.append("")
     return "\n".join(lines)
+
+
+def screen_guideline(
+    proposed: Guideline, in_force: Guideline, documents: Iterable[str], type_names: Iterable[str]
+) -> tuple[Guideline, list[dict[str, str]], bool]:
+    """The proposed guideline with every new or changed instruction, example and goal that copies a pilot document,
+    contradicts the task wholesale, repeats another item, or is filler left out (`agents.screening`); what was left
+    out, and why; and whether any new item passed. Items already in force are not screened again.
+    """
+    from agents.screening import Candidate, Screen
+
+    old_texts = {i.text for i in _all_instructions(in_force)}
+    old_examples = {(e.text, e.correct_annotation) for i in _all_instructions(in_force) for e in i.examples}
+    candidates: list[Candidate] = []
+
+    def collect(items: list[Instruction], group: str) -> None:
+        for item in items:
+            if item.text not in old_texts:
+                candidates.append(Candidate(item.text, "instruction", group, ref=id(item)))
+            for example in item.examples:
+                if (example.text, example.correct_annotation) not in old_examples:
+                    text = f"{example.text} -> {example.correct_annotation}"
+                    candidates.append(Candidate(text, "example", group, ref=id(example)))
+            collect(item.sub_instructions, group)
+
+    collect(proposed.common, "common")
+    for name, items in proposed.per_annotator.items():
+        collect(items, name)
+    goal_changed = bool(proposed.goal) and proposed.goal.strip() != (in_force.goal or "").strip()
+    if goal_changed:
+        candidates.append(Candidate(proposed.goal, "goal", ref="goal"))
+    outcome = Screen(list(documents), list(type_names)).screen(candidates)
+    dropped = {r.item.ref for r in outcome.rejected}
+    rejected = [{"kind": r.item.kind, "scope": r.item.group or r.item.kind, "text": r.item.text, "reason": r.reason}
+                for r in outcome.rejected]
+
+    def keep(items: list[Instruction]) -> list[Instruction]:
+        return [
+            item.model_copy(update={"examples": [e for e in item.examples if id(e) not in dropped],
+                                    "sub_instructions": keep(item.sub_instructions)})
+            for item in items if id(item) not in dropped
+        ]
+
+    common = keep(proposed.common)
+    per = {name: kept for name, items in proposed.per_annotator.items() if (kept := keep(items))}
+    goal = in_force.goal if "goal" in dropped else proposed.goal
+    return Guideline(common=common, per_annotator=per, goal=goal), rejected, bool(outcome.kept)
+
+
+def _walk(items: Iterable[Instruction]) -> Iterable[Instruction]:
+    for item in items:
+        yield item
+        yield from _walk(item.sub_instructions)
+
+
+def _all_instructions(guideline: Guideline) -> list[Instruction]:
+    return [*_walk(guideline.common), *(i for items in guideline.per_annotator.values() for i in _walk(items))]

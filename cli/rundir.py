@@ -341,6 +341,8 @@ def phase_documents(state: Any, round_: int) -> dict[str, dict[str, Any]]:
             docs[name]["failed_answer"] = answer
         if phase == SupervisorPhase.INTEGRATION and sup.goal_refused:
             docs[name]["goal_refused"] = sup.goal_refused
+        if phase == SupervisorPhase.ORGANIZATION and sup.rejected:
+            docs[name]["rejected"] = [r.model_dump(mode="json") for r in sup.rejected]
     return docs
 
 
@@ -392,6 +394,8 @@ def summary(state: Any, *, finished: bool, extra: dict[str, Any] | None = None) 
         "annotators": list(state.annotators),
         "current_round": state.round,
         "supervisor_failures": {str(s.round): s.summary_failures() for s in state.supervisor if s.summary_failures()},
+        "supervisor_rejections": {str(s.round): [r.model_dump(mode="json") for r in s.rejected]
+                                  for s in state.supervisor if s.rejected},
         "usage": run_usage(state),
         **(extra or {}),
     }

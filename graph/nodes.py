@@ -20,16 +20,32 @@ from pydantic import BaseModel
 from agents import supervisor as sup
 from agents.annotator import run_annotator
 from agents.cache import CallCache, open_cache
-from agents.guideline import change_ratio, configuration_for, enforce_caps, guideline_markdown, render_instructions
+from agents.guideline import (
+    change_ratio,
+    configuration_for,
+    enforce_caps,
+    guideline_markdown,
+    render_instructions,
+    screen_guideline,
+)
 from agents.models import ModelHandle, ModelSpec, RunModels, resolve_models
 from agents.models.errors import ModelUnavailable
 from agents.structured import trace_config
 from graph.context import DizinerContext, get_context
 from graph.progress import SelectionFigures, StepFigures, report_step
 from graph.routing import select_configuration, stop_decision
-from prompts import render
+from prompts import fence_untrusted, render
 from state.errors import BudgetReached, InputError
-from state.graph_state import DizinerState, Guideline, PhaseFailure, RoundRecord, Selection, SupervisorRound, TokenUsage
+from state.graph_state import (
+    DizinerState,
+    Guideline,
+    PhaseFailure,
+    RejectedItem,
+    RoundRecord,
+    Selection,
+    SupervisorRound,
+    TokenUsage,
+)
 from state.models import AgreementStats, DisagreementReport, Document, Hotspot, Span, TaskConfiguration
 from state.phases import SupervisorPhase, as_record
 
@@ -359,7 +375,7 @@ async def diagnose_models(state: DizinerState, runtime: Runtime[DizinerContext],
     _, in_force = _supervisor_inputs(state, ctx)
     rounds, rec = _supervisor_record(state)
     common = _common(state, ctx)
-    patterns = sup.as_json(rec.patterns or {})
+    patterns = fence_untrusted(sup.as_json(rec.patterns or {}), "phase1_result")
     elite = set(state.report.agreement.elite)
     phase = SupervisorPhase.DIAGNOSIS
 
@@ -405,8 +421,9 @@ async def integrate_guidelines(state: DizinerState, runtime: Runtime[DizinerCont
 
     def build(level: int) -> str:
         return render(
-            "supervisor_integration", common=common, patterns=sup.as_json(rec.patterns or {}),
-            diagnoses=sup.as_json(diagnoses), max_common=ctx.max_common_instructions,
+            "supervisor_integration", common=common,
+            patterns=fence_untrusted(sup.as_json(rec.patterns or {}), "phase1_result"),
+            diagnoses=fence_untrusted(sup.as_json(diagnoses), "phase2_result"), max_common=ctx.max_common_instructions,
             max_model=ctx.max_model_instructions, targets=", ".join(targets) or "(none)",
         )
 
@@ -439,7 +456,8 @@ async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerConte
 
         def build(level: int) -> str:
             return render(
-                "supervisor_organization", common=common, integration=sup.as_json(integration),
+                "supervisor_organization", common=common,
+                integration=fence_untrusted(sup.as_json(integration), "phase3_result"),
                 max_common=ctx.max_common_instructions, max_model=ctx.max_model_instructions,
             )
 
@@ -447,9 +465,20 @@ async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerConte
             record.organization = out
             new_goal, refused = sup.sharpened_goal(goal, integration)
             record.goal_refused = refused
-            capped, cut = enforce_caps(
-                sup.organization_to_guideline(out, new_goal), state.annotators, ctx.max_common_instructions, ctx.max_model_instructions
+            base = state.guideline if ctx.cumulative else Guideline()
+            in_force = base.model_copy(update={"goal": goal})  # the goal in force, the task's until one is sharpened
+            seen = [state.documents[i].text for pilot in state.pilot_history for i in pilot]
+            screened, rejected, usable = screen_guideline(
+                sup.organization_to_guideline(out, new_goal), in_force, seen, state.task.type_names
             )
+            record.rejected = [RejectedItem(**r) for r in rejected]
+            if rejected and not usable:
+                record.failures.append(PhaseFailure(
+                    phase=phase, reason=f"nothing usable: {len(rejected)} new item(s) rejected by the final check; "
+                    "the guideline in force is kept",
+                ))
+                return
+            capped, cut = enforce_caps(screened, state.annotators, ctx.max_common_instructions, ctx.max_model_instructions)
             record.cut_by_caps = cut
             drafted.append(capped)
 

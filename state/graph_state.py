@@ -104,6 +104,15 @@ class PhaseFailure(BaseModel):
         return f"{self.phase.value}:{self.annotator}" if self.annotator else self.phase.value
 
 
+class RejectedItem(BaseModel):
+    """A new or changed guideline item the final check kept out of the guideline, and why."""
+
+    kind: str = Field(description="instruction, example or goal")
+    scope: str = Field(description="'common', an annotator's name, or 'goal'")
+    text: str
+    reason: str
+
+
 class SupervisorRound(BaseModel):
     """The four phases' answers of one supervisor round, and what failed or was refused."""
 
@@ -114,6 +123,9 @@ class SupervisorRound(BaseModel):
     organization: Organization | None = None
     cut_by_caps: dict[str, int] = Field(default_factory=dict, description="instructions phase 4 wrote beyond the caps")
     goal_refused: str | None = Field(default=None, description="why phase 3's sharpened goal was refused")
+    rejected: list[RejectedItem] = Field(
+        default_factory=list, description="new items the final check left out (copied text, contradiction, filler)"
+    )
     failures: list[PhaseFailure] = Field(default_factory=list)
 
     def failure(self, phase: SupervisorPhase, annotator: str | None = None) -> PhaseFailure | None:

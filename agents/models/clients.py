@@ -22,9 +22,15 @@ if TYPE_CHECKING:
 __all__ = ["ModelHandle", "chat_model", "clear_cache", "named_chat_model"]
 
 # spec -> (model, embedded server URL it was built for, or None)
-_cache: dict[ModelSpec, tuple[BaseChatModel, str | None]] = {}
+_cache: dict[tuple[ModelSpec, tuple[str | None, ...]], tuple[BaseChatModel, str | None]] = {}
 _cache_lock = threading.Lock()
-_build_locks: dict[ModelSpec, threading.Lock] = {}
+_build_locks: dict[tuple[ModelSpec, tuple[str | None, ...]], threading.Lock] = {}
+
+
+def _environment(spec: ModelSpec) -> tuple[str | None, ...]:
+    """The environment a client is built from (endpoint and key variables): a client is reused only while it holds."""
+    names = {"openai": ("OPENAI_BASE_URL",), "ollama": ("OLLAMA_HOST",)}.get(spec.provider, ())
+    return (*(os.environ.get(n) for n in names), os.environ.get(spec.api_key_env) if spec.api_key_env else None)
 
 
 def chat_model(spec: ModelSpec) -> BaseChatModel:
@@ -33,18 +39,19 @@ def chat_model(spec: ModelSpec) -> BaseChatModel:
     openai: the API key is read here, from ``spec.api_key_env``; a missing key is an InputError.
     embedded: starts the model's server in this process (blocking, about a second).
     """
-    cached = _cache.get(spec)
+    key = (spec, _environment(spec))
+    cached = _cache.get(key)
     if cached is not None and _still_valid(spec, cached[1]):
         return cached[0]
     with _cache_lock:
-        lock = _build_locks.setdefault(spec, threading.Lock())
+        lock = _build_locks.setdefault(key, threading.Lock())
     with lock:
-        cached = _cache.get(spec)
+        cached = _cache.get(key)
         if cached is None or not _still_valid(spec, cached[1]):
             url = embedded.ensure_server(spec.model) if spec.provider == "embedded" else None
             cached = (_build(spec), url)
             with _cache_lock:
-                _cache[spec] = cached
+                _cache[key] = cached
     return cached[0]
 
 

@@ -104,6 +104,8 @@ def classify(exc: BaseException) -> Failure:
     response = getattr(exc, "response", None)
     if status is None and response is not None:
         status = getattr(response, "status_code", None)
+    if isinstance(status, int) and status < 400:  # an answer came, but the client could not read it
+        return Failure("server", text, status)
     if isinstance(status, int):
         body = str(getattr(exc, "body", "") or "") + " " + str(getattr(exc, "error", "") or "") + " " + str(exc)
         headers = getattr(response, "headers", None)
@@ -112,9 +114,10 @@ def classify(exc: BaseException) -> Failure:
                 "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "IncompleteRead",
                 "ServerDisconnectedError", "NetworkError", "ProtocolError") or isinstance(exc, ConnectionError):
         return Failure("transport", text)
-    if name in ("LengthFinishReasonError", "ContentFilterFinishReasonError", "OutputParserException",
-                "ValidationError", "JSONDecodeError"):
+    if name in ("LengthFinishReasonError", "ContentFilterFinishReasonError"):
         return Failure("answer", text)
+    if name in ("JSONDecodeError", "APIResponseValidationError", "ValidationError"):
+        return Failure("server", text)  # the server's response itself was malformed (not the model's answer)
     cause = exc.__cause__ or exc.__context__
     if cause is not None and cause is not exc:
         inner = classify(cause)

@@ -109,7 +109,7 @@ async def _probe(spec: ModelSpec, model: Any, deadline: float) -> TokenUsage:
     from agents.structured import backoff_seconds, usage_of
 
     loop = asyncio.get_running_loop()
-    bound = model.bind(num_predict=8) if spec.provider == "ollama" else model.bind(max_tokens=8)
+    bound = model.bind(options={"num_predict": 8}) if spec.provider == "ollama" else model.bind(max_tokens=8)
     usage = TokenUsage()
     failure: Failure | None = None
     for attempt in range(1, _PROBE_ATTEMPTS + 1):
@@ -130,6 +130,8 @@ async def _probe(spec: ModelSpec, model: Any, deadline: float) -> TokenUsage:
                                  f"{_key_hint(spec)}") from None
             if failure.kind == "not_found":
                 raise InputError(f"model {spec.name!r}: the server does not know this model ({failure.message})") from None
+            if failure.kind == "other":
+                raise  # not a fault of the server or the configuration: show it as it is
             if not failure.retryable:
                 return usage  # the server answered (with an error about the request): it is reachable
             wait = backoff_seconds(attempt, failure)
