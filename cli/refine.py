@@ -96,6 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for flag, (field, help_text) in SWITCHES.items():
         loop.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     add_call_options(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the calls, tokens and cost the run will ask for (from the pool, the prompts and the "
+                        "settings) and stop before anything is called or written")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON object")
 
 
 # ---------------------------------------------------------------- small helpers
@@ -208,6 +212,14 @@ def _start(run_dir: Path, args: argparse.Namespace) -> int:
     }
     ctx = _context(context_data)
     graph_input["models"] = models.model_dump(mode="json")
+    if getattr(args, "dry_run", False):
+        from agents.cache import open_cache
+        from cli.dryrun import plan_refine, print_plan
+
+        cache = open_cache(ctx.cache_dir or None) if ctx.call_cache else None
+        texts = [d["text"] for d in graph_input["documents"]]
+        print_plan(plan_refine(task, texts, models, ctx, cache), as_json=args.json, title=f"{PROG} --dry-run")
+        return 0
     # 2. the run directory
     if run_dir.is_dir():
         entries = _visible_entries(run_dir)
@@ -337,7 +349,20 @@ def _execute(run_dir: Path, record, graph_input: dict[str, Any] | None) -> int:
     session.seconds = round(time.perf_counter() - started, 3)
     session.outcome = status
     rundir.write_run(run_dir, record)
+    _write_report(run_dir)
     return 0
+
+
+def _write_report(run_dir: Path) -> None:
+    """report.html of the finished run (`diziner report` writes it again at any time)."""
+    try:
+        from reporting.run_report import write_report
+
+        path = write_report(run_dir)
+    except Exception as exc:  # the run's own files are written: a report that fails is only a warning
+        say(f"{PROG}: warning: report.html not written ({type(exc).__name__}: {exc}); try `diziner report {run_dir}`")
+    else:
+        say(f"{PROG}: report: {path}")
 
 
 def _mark_stopped(run_dir: Path, reason: str) -> None:

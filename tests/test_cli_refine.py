@@ -117,8 +117,9 @@ def refine_args(out: Path, pool: Path, *extra: str, loops: int = 2) -> list[str]
 
 
 def run_files(run_dir: Path) -> dict[str, bytes]:
-    """Every deterministic file of a run directory (not run.json, summary.json, the checkpoints, the lock)."""
-    skip = {rundir.RUN_FILE, rundir.SUMMARY, rundir.LOCK_FILE}
+    """Every deterministic file of a run directory (not run.json, summary.json, report.html with its timings, the
+    checkpoints, the lock)."""
+    skip = {rundir.RUN_FILE, rundir.SUMMARY, rundir.LOCK_FILE, "report.html"}
     return {
         str(p.relative_to(run_dir)): p.read_bytes()
         for p in sorted(run_dir.rglob("*"))

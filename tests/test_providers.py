@@ -56,7 +56,8 @@ def refine(out: Path, pool: Path, *extra: str, provider: str = "openai", loops: 
 
 def run_files(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name not in ("run.json", "summary.json", ".lock") and "checkpoints" not in p.name}
+            if p.is_file() and p.name not in ("run.json", "summary.json", ".lock", "report.html")
+            and "checkpoints" not in p.name}
 
 
 @pytest.fixture
