@@ -55,6 +55,26 @@ def schema_for(spec: ModelSpec, types: tuple[str, ...]) -> type[BaseModel]:
     return entity_schema(types, spec.profile.max_entities, spec.profile.max_entity_chars)
 
 
+def keep_known_types(text: str, schema: type[BaseModel], types: tuple[str, ...]) -> tuple[BaseModel, int] | None:
+    """An answer whose only fault is entities of types outside the schema: those entities left out, and counted."""
+    from agents.replies import ReplyError, parse_reply
+
+    try:
+        data = parse_reply(text)
+    except ReplyError:
+        return None
+    entities = data.get("entities") if isinstance(data, dict) else None
+    if not isinstance(entities, list):
+        return None
+    known = [e for e in entities if isinstance(e, dict) and e.get("type") in types]
+    if len(known) == len(entities):
+        return None  # something else is wrong: let the re-ask quote it
+    try:
+        return schema.model_validate({**data, "entities": known}), len(entities) - len(known)
+    except ValueError:
+        return None
+
+
 def annotator_prompt(configuration: TaskConfiguration, text: str, round_: int, annotator: str, with_examples: bool = True) -> str:
     """The annotator's prompt for one document under Θ_k (prompts/annotator.md), the document fenced."""
     types = configuration.schema_
@@ -95,9 +115,11 @@ async def annotate_document(
     cache: CallCache | None = None,
 ) -> tuple[AnnotatorOutput, TokenUsage]:
     """One annotator on one document (the call's policy: `agents.structured`)."""
-    schema = schema_for(spec, tuple(t.name for t in configuration.schema_))
+    types = tuple(t.name for t in configuration.schema_)
+    schema = schema_for(spec, types)
     prompt, _ = fit_annotator_prompt(spec, configuration, document.text, round_)
-    answer = await invoke_structured(model, spec, schema, prompt, config=config, cache=cache)
+    answer = await invoke_structured(model, spec, schema, prompt, config=config, cache=cache,
+                                     salvage=lambda text: keep_known_types(text, schema, types))
     if answer.parsed is None:
         output = AnnotatorOutput(
             annotator=spec.name, document_id=document.id, status="failed", reason=answer.reason, raw=answer.raw_text,
@@ -112,6 +134,7 @@ async def annotate_document(
         spans=[Span(start=s, end=e, type=t) for s, e, t in grounding.spans],
         raw=answer.raw_text,
         not_found=grounding.not_found,
+        dropped_types=answer.salvaged,
     )
     return output, answer.usage
 
@@ -124,6 +147,7 @@ async def annotate_documents(
     round_: int,
     config_for: Any = None,
     cache: CallCache | None = None,
+    on_done: Callable[[AnnotatorOutput, TokenUsage], None] | None = None,
 ) -> tuple[list[AnnotatorOutput], TokenUsage]:
     """All pilot documents for one annotator, at most `spec.concurrency` requests in flight."""
     gate = asyncio.Semaphore(max(1, spec.concurrency))
@@ -131,7 +155,10 @@ async def annotate_documents(
     async def one(doc: Document) -> tuple[AnnotatorOutput, TokenUsage]:
         async with gate:
             cfg = config_for(doc) if config_for else None
-            return await annotate_document(model, spec, configuration, doc, round_, config=cfg, cache=cache)
+            output, usage = await annotate_document(model, spec, configuration, doc, round_, config=cfg, cache=cache)
+        if on_done is not None:
+            on_done(output, usage)
+        return output, usage
 
     results = await asyncio.gather(*(one(d) for d in documents))
     total = TokenUsage()
@@ -149,6 +176,7 @@ async def run_annotator(
     *,
     phase: str = "annotate",
     on_start: Callable[[Document], None] | None = None,
+    on_done: Callable[[AnnotatorOutput, TokenUsage], None] | None = None,
     cache: CallCache | None = None,
 ) -> tuple[list[AnnotatorOutput], TokenUsage]:
     """One annotator on many documents, as the graph's `annotate` node and `diziner annotate` both run it: the model
@@ -165,4 +193,4 @@ async def run_annotator(
             f"annotate {doc.id}", tags, round=round_, annotator=spec.name, document=doc.id, phase=phase
         )
 
-    return await annotate_documents(model, spec, configuration, documents, round_, config_for, cache)
+    return await annotate_documents(model, spec, configuration, documents, round_, config_for, cache, on_done)

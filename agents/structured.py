@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -58,7 +58,7 @@ class StructuredAnswer:
     raw_text: str | None  # the model's last answer, when there was one
     attempts: int  # requests made for it (cache hits excluded)
     failure: Failure | None = None  # how it failed, for a call that got no usable reply at all
-    notes: list[str] = field(default_factory=list)
+    salvaged: int = 0  # items the caller's salvage left out of an answer that did not fit the schema whole
 
 
 @dataclass
@@ -180,17 +180,19 @@ async def invoke_structured(
     prompt: str,
     config: dict[str, Any] | None = None,
     cache: CallCache | None = None,
+    salvage: Any = None,
 ) -> StructuredAnswer:
-    """Ask `model` for an answer fitting `schema` (see the module docstring for the policy)."""
+    """Ask `model` for an answer fitting `schema` (see the module docstring for the policy). `salvage(text)` may
+    turn a reply that does not fit the schema whole into (answer, items left out), before any re-ask."""
 
     async def run(prompt_text: str, config: dict[str, Any] | None = None) -> StructuredAnswer:
-        return await _ask(model, spec, schema, prompt_text, config, cache)
+        return await _ask(model, spec, schema, prompt_text, config, cache, salvage)
 
     # one traced run per call (named by the caller's run_name), the model's requests as its children
     return await RunnableLambda(run, name="structured call").ainvoke(prompt, config=config)
 
 
-async def _ask(model, spec, schema, prompt, config, cache) -> StructuredAnswer:
+async def _ask(model, spec, schema, prompt, config, cache, salvage=None) -> StructuredAnswer:
     if isinstance(model, ModelHandle):
         handle = model
 
@@ -215,6 +217,9 @@ async def _ask(model, spec, schema, prompt, config, cache) -> StructuredAnswer:
         parsed, error = read_reply(reply.text, schema)
         if parsed is not None:
             return StructuredAnswer(parsed, usage, "", raw, attempts)
+        rescued = salvage(reply.text) if salvage is not None and not reply.truncated else None
+        if rescued is not None:
+            return StructuredAnswer(rescued[0], usage, "", raw, attempts, salvaged=rescued[1])
         if reply.truncated:
             error = f"answer cut at the output cap ({spec.max_tokens} tokens): {error}"
             if spec.deterministic or round_trip == 1:

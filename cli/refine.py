@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cli import checkpoints, rundir
 from agents.models.errors import ModelUnavailable
+from cli import checkpoints, rundir
 from cli.calling import add_call_options, call_settings
 from cli.progress import Progress, say
 from state.errors import BudgetReached, InputError
@@ -384,14 +384,21 @@ def _extras(record, session_started: float) -> dict[str, Any]:
 
 
 async def _run_graph(run_dir: Path, record, graph_input: dict[str, Any] | None) -> str:
+    progress = Progress()
+    try:
+        return await _stream_graph(run_dir, record, graph_input, progress)
+    finally:
+        progress.close()
+
+
+async def _stream_graph(run_dir: Path, record, graph_input: dict[str, Any] | None, progress: Progress) -> str:
     from graph.builder import GRAPH_NAME, build_graph, checkpoint_serde
-    from graph.progress import step_of
+    from graph.progress import document_of, step_of
 
     config = {"configurable": {"thread_id": record.thread_id}}
     t0 = time.perf_counter()
     async with checkpoints.open_saver(run_dir, record, serde=checkpoint_serde()) as saver:
         graph = build_graph().compile(checkpointer=saver, name=GRAPH_NAME)
-        progress = Progress()
         if graph_input is None:
             snapshot = await graph.aget_state(config)
             if not snapshot.values or "task" not in snapshot.values:
@@ -415,6 +422,8 @@ async def _run_graph(run_dir: Path, record, graph_input: dict[str, Any] | None) 
                 step = step_of(event)
                 if step is not None:
                     progress.step(step)
+                elif (document := document_of(event)) is not None:
+                    progress.document(document)
                 continue
             if mode == "tasks":
                 progress.task(event)

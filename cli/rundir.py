@@ -369,6 +369,8 @@ def round_summary(record: Any) -> dict[str, Any]:
         "mean_agreement": record.mean_agreement,
         "succeeded": record.succeeded,
         "predicted_spans": record.predicted_spans,
+        "invented": record.invented,
+        "dropped_types": record.dropped_types,
         "guideline_change": record.guideline_change,
         "error": record.error,
         "seconds": record.seconds,

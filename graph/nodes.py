@@ -32,7 +32,7 @@ from agents.models import ModelHandle, ModelSpec, RunModels, resolve_models
 from agents.models.errors import ModelUnavailable
 from agents.structured import trace_config
 from graph.context import DizinerContext, get_context
-from graph.progress import SelectionFigures, StepFigures, report_step
+from graph.progress import SelectionFigures, StepFigures, report_document, report_step
 from graph.routing import select_configuration, stop_decision
 from prompts import fence_untrusted, render
 from state.errors import BudgetReached, InputError
@@ -170,8 +170,14 @@ async def annotate(task: AnnotateTask, runtime: Runtime[DizinerContext], *, mode
     ctx = get_context(runtime)
     spec = with_deadline(task.spec, ctx)
     started = time.perf_counter()
+    total = len(task.documents)
+    from agents.models.prices import cost_usd
+
     outputs, usage = await run_annotator(
-        models, spec, task.configuration, task.documents, task.round, cache=call_cache(ctx, spec)
+        models, spec, task.configuration, task.documents, task.round, cache=call_cache(ctx, spec),
+        on_start=lambda doc: report_document(runtime, task.round, spec.name, "start", total),
+        on_done=lambda out, used: report_document(runtime, task.round, spec.name, "done", total,
+                                                  out.status != "ok", cost_usd(spec.price, used)),
     )
     unreachable = [o for o in outputs if o.error_kind in ("transport", "timeout")]
     if len(outputs) >= UNREACHABLE_AFTER and len(unreachable) == len(outputs):
@@ -180,6 +186,8 @@ async def annotate(task: AnnotateTask, runtime: Runtime[DizinerContext], *, mode
     report_step(runtime, StepFigures(
         node="annotate", round=task.round, annotator=spec.name, seconds=usage.seconds, documents=len(outputs),
         failed=sum(1 for o in outputs if o.status != "ok"), spans=sum(len(o.spans) for o in outputs),
+        usage_calls=usage.calls, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        cost_usd=cost_usd(spec.price, usage),
     ))
     return {"annotations": outputs, "usage": {spec.name: usage}}
 
@@ -206,6 +214,8 @@ def analyze_disagreement(state: DizinerState, runtime: Runtime[DizinerContext]) 
         failed=failed,
         succeeded={n: len(docs) - failed[n] for n in names},
         predicted_spans={n: sum(len(a[n] or []) for _, _, a in docs) for n in names},
+        invented={n: sum(o.not_found for o in state.annotations if o.annotator == n) for n in names},
+        dropped_types={n: sum(o.dropped_types for o in state.annotations if o.annotator == n) for n in names},
         token_usage=dict(state.usage),
     )
     report = None

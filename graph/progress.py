@@ -41,6 +41,10 @@ class StepFigures(BaseModel):
     elite: list[str] | None = None
     not_analysed: str | None = None
     stop_reason: str | None = None
+    usage_calls: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
     # supervisor phases
     failures: dict[str, str] = Field(default_factory=dict, description="failure key -> reason")
     diagnoses: int | None = None
@@ -55,6 +59,23 @@ def report_step(runtime: Any, figures: StepFigures) -> None:
     writer = getattr(runtime, "stream_writer", None)
     if writer is not None:
         writer({STREAM_KEY: figures.model_dump(mode="json", exclude_defaults=True) | {"node": figures.node}})
+
+
+DOC_KEY = "diziner_document"
+
+
+def report_document(runtime: Any, round_: int, annotator: str, event: str, total: int, failed: bool = False,
+                    cost_usd: float = 0.0) -> None:
+    """One annotation call started or finished (for live progress bars)."""
+    writer = getattr(runtime, "stream_writer", None)
+    if writer is not None:
+        writer({DOC_KEY: {"round": round_, "annotator": annotator, "event": event, "total": total, "failed": failed,
+                          "cost_usd": cost_usd}})
+
+
+def document_of(chunk: Any) -> dict[str, Any] | None:
+    """The per-document event in a custom-stream chunk, or None."""
+    return chunk.get(DOC_KEY) if isinstance(chunk, dict) else None
 
 
 def step_of(chunk: Any) -> StepFigures | None:

@@ -78,6 +78,8 @@ class RoundRecord(BaseModel):
     failed: dict[str, int] = Field(default_factory=dict)
     succeeded: dict[str, int] = Field(default_factory=dict)
     predicted_spans: dict[str, int] = Field(default_factory=dict)
+    invented: dict[str, int] = Field(default_factory=dict, description="entity strings not found in the text")
+    dropped_types: dict[str, int] = Field(default_factory=dict, description="entities of a type outside the schema")
     token_usage: dict[str, TokenUsage] = Field(default_factory=dict)
     guideline_change: float | None = Field(default=None, description="share of guideline words changed")
     error: str | None = None

@@ -125,3 +125,12 @@ def test_sharpened_goal_is_adopted_only_when_changed_and_complete() -> None:
     assert sharpened_goal(GOAL, Integration()) == (GOAL, None)
     goal, refused = sharpened_goal(GOAL, Integration(goal="Your task", goal_changed=True))
     assert goal == GOAL and refused and "refused" in refused and "'Your task'" in refused
+
+
+def test_entities_of_unknown_types_are_dropped_and_counted_without_a_reask() -> None:
+    answer = {"entities": [{"text": "Ada Lovelace", "type": "PER"}, {"text": "London", "type": "CITY"},
+                           {"text": "Babbage", "type": "PER"}]}
+    out, model = _run("openai:gpt-5-mini", [answer])
+    assert out.status == "ok" and len(model.calls) == 1
+    assert out.dropped_types == 1 and out.not_found == 1  # CITY dropped; "Babbage" is not in the text (invented)
+    assert [(s.start, s.end, s.type) for s in out.spans] == [(0, 12, "PER")]
