@@ -147,6 +147,10 @@ def test_results_land_in_the_call_cache_so_a_synchronous_run_sends_nothing(tmp_p
                              lambda: iter(documents()), again, cache=cache, **FAST)
     assert len(srv.log) == before and again.read_bytes() == out.read_bytes()
     assert summary.usage.calls == 0 and summary.usage.cache_hits == len(TEXTS) and summary.batches == []
+    conll = tmp_path / "pred.conll"
+    annotate_batch(parse_model_spec(f"openai:{MODEL}"), configuration(), 1, LABELS, lambda: iter(documents()), conll,
+                   cache=cache, output_format="conll", **FAST)
+    assert conll.read_text().startswith("Barack\tB-person\nObama\tB-location\nmet\tO\n") and len(srv.log) == before
 
 
 def test_a_kill_between_create_and_completion_polls_the_same_batch(tmp_path, server):
@@ -159,9 +163,17 @@ def test_a_kill_between_create_and_completion_polls_the_same_batch(tmp_path, ser
     first.close()  # the process dies here: the batch runs on at the provider
     state = json.loads(batches.state_path(out).read_text())
     assert [p["stage"] for p in state["parts"]] == ["submitted"]
-    summary = job(out, documents()).run()
+    said: list[str] = []
+    summary = job(out, documents(), say=said.append).run()
     assert posts(srv, FILES) == 1 and posts(srv, BATCHES) == 1 and len(srv.batch_lines()) == 5
     assert summary.batches == [state["parts"][0]["batch_id"]] and summary.ok == len(TEXTS)
+    assert said[0] == f"continuing the batches in {batches.state_path(out)} (1 submitted)"
+    polled = [m for m in said if m.startswith("batch 1 of 1")]
+    assert "in_progress, 0/5 done" in polled[0] and "completed, 5/5 done, 0 failed" in polled[-1]
+    assert len(polled) == 2  # a line when the status changes, not on every poll
+    logged, written = len(srv.log), out.read_bytes()
+    job(out, documents()).run()  # everything downloaded: a rerun sends nothing and writes the same file
+    assert len(srv.log) == logged and out.read_bytes() == written
     whole = tmp_path / "whole.jsonl"
     job(whole, documents()).run()  # an uninterrupted run, no call cache: its own batch
     assert posts(srv, BATCHES) == 2 and len(srv.batch_lines()) == 10

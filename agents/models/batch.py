@@ -22,8 +22,9 @@ by one. `BatchAnnotation` applies one annotator configuration to a corpus that w
    the same documents sends nothing.
 6. ``results``: every document in input order, parsed and grounded as the annotator does (`agents.replies`,
    `corpus.tokens.ground`), chunks merged (`annotation.chunks`), entity types written back as the dataset's labels.
-   `run` writes them as the local backend does: the JSONL predictions (`annotation.exports`) and, for the documents
-   that failed, ``<out>.failures.jsonl`` ({"id", "reason", "error", "raw"}).
+   `run` writes them as the local backend does: the predictions (`annotation.exports`: JSONL by default, or any
+   of its formats) and, for the documents that failed, ``<out>.failures.jsonl`` ({"id", "reason", "error", "raw"}).
+   A rerun once everything is downloaded sends nothing and writes the same files.
 
 Resumable at every step. ``<out>.batch.json`` (the state) records, for each batch, its request file, the uploaded
 file's id, the batch id and how far it got, and is written (atomically) before and after every remote step; the
@@ -219,6 +220,7 @@ class BatchAnnotation:
     ``text``; `corpus.io.CorpusDocument` keeps its tokens and extra keys in the output) in input order.
     ``labels`` maps the task's type names to the dataset's labels. ``cache`` is the persistent call cache (None:
     answers are neither looked up nor stored). ``input_fingerprint`` (any JSON), when given, must match on a rerun.
+    ``output_format`` is one of `annotation.exports.FORMATS` (the predictions `run` writes).
     """
 
     def __init__(
@@ -234,6 +236,7 @@ class BatchAnnotation:
         chunk_chars: int | None = None,
         cache: CallCache | None = None,
         input_fingerprint: Any = None,
+        output_format: str = "jsonl",
         poll_interval: float = 30.0,
         say: Callable[[str], None] | None = None,
         max_requests: int = MAX_REQUESTS,
@@ -252,6 +255,7 @@ class BatchAnnotation:
         self.configuration_hash = configuration_hash or hash_configuration(configuration, round_, labels, chunk_chars)
         self.cache = cache
         self.input_fingerprint = input_fingerprint
+        self.output_format = output_format
         self.poll_interval = poll_interval
         self.say = say or _stderr
         self.max_requests = max_requests
@@ -665,7 +669,7 @@ class BatchAnnotation:
                                batches=[p["batch_id"] for p in state["parts"] if p.get("batch_id")])
         failures_path = Path(f"{self.out}.failures.jsonl")
         tmp = failures_path.with_name(failures_path.name + ".tmp")
-        with open_writer("jsonl", self.out) as writer, open(tmp, "wb") as failures:
+        with open_writer(self.output_format, self.out) as writer, open(tmp, "wb") as failures:
             for result in self.results():
                 doc = result.doc
                 spans = None if result.failed else list(result.spans)
