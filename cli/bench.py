@@ -96,6 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         pass
     else:
         add_call_options(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the calls, tokens and cost the bench will ask for (loop and test annotations) and stop "
+                        "before anything is called or written")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON object")
     loop = p.add_argument_group("loop settings (passed to `diziner refine`)")
     for flag, (field_name, typ, help_text) in refine.SETTINGS.items():
         if flag == "--seed":
@@ -699,11 +703,44 @@ def run(args: argparse.Namespace) -> int:
     if args.data_root:
         raise InputError("--data-root goes with --all (one benchmark: --data DIR)")
     prep = prepare(args.task, Path(args.data) if args.data else None, Path(args.out), args)
+    if getattr(args, "dry_run", False):
+        return dry_run(prep, args)
     try:
         run_benchmark(prep, args)
     except LoopStopped as stop:
         say(f"{PROG}: {stop}; continue with --resume")
         return stop.code
+    return 0
+
+
+def dry_run(prep: Prepared, args: argparse.Namespace) -> int:
+    """The loop's plan (as `diziner refine --dry-run`) plus the test annotations: every annotator's round-1
+    configuration, the selected and the oracle configuration (counted on the dearest annotator: an upper bound), and
+    with --ensemble every annotator once more."""
+    from agents.annotator import fit_annotator_prompt
+    from agents.cache import open_cache
+    from agents.guideline import configuration_for
+    from agents.models import resolve_models
+    from agents.models.prices import cost_usd
+    from cli.calling import call_settings
+    from cli.dryrun import plan_refine, print_plan, tokens
+    from state.graph_state import Guideline, TokenUsage
+
+    names = refine._split_names(args.annotators) if args.annotators is not None else None
+    models = resolve_models(names, args.supervisor, run_file=args.config)
+    ctx = refine._context({"annotators": models.names, "supervisor": models.supervisor.name,
+                           **refine._given_settings(args), "seed": prep.seed, **call_settings(args)})
+    cache = open_cache(ctx.cache_dir or None) if ctx.call_cache else None
+    plan = plan_refine(prep.task, [d.text for d in prep.pool], models, ctx, cache)
+    dearest = max(models.annotators, key=lambda s: cost_usd(s.price, TokenUsage(input_tokens=10**6, output_tokens=10**6)))
+    for spec in models.annotators:
+        configuration = configuration_for(prep.task, Guideline(), spec.name)
+        prompt_tokens = sum(tokens(fit_annotator_prompt(spec, configuration, d.text, 1)[0]) for d in prep.sample)
+        runs = 1 + (1 if prep.ensemble else 0) + (2 if spec is dearest else 0)
+        plan.of(spec).add(runs * len(prep.sample), runs * prompt_tokens, runs * len(prep.sample) * (spec.max_tokens or 0))
+    plan.notes.append(f"test annotations: {len(prep.sample)} documents; the selected and oracle configurations are "
+                      f"counted on {dearest.name} (the dearest annotator)")
+    print_plan(plan, as_json=args.json, title=f"{PROG} --dry-run")
     return 0
 
 
