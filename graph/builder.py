@@ -10,10 +10,10 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel
 
+from agents.models import profiles, runfile, spec
 from graph import nodes
 from graph.context import DizinerContext
 from graph.routing import route_after_analysis
-from agents.models import profiles, runfile, spec
 from state import graph_state, models, phases
 from state.graph_state import DizinerInput, DizinerOutput, DizinerState
 
