@@ -7,7 +7,7 @@ instructions in force all render through `render_instructions`, so there is one 
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 from state.graph_state import Guideline
 from state.models import EntityType, Instruction, TaskConfiguration, TaskDefinition

@@ -34,8 +34,7 @@ FEW_WORDS = 4  # an item this short with no word beyond the prompt's headings an
 # Headings the annotator prompt and the rendered guideline add in code, beside those written in the templates.
 CODE_HEADINGS = ("Instructions", "Instructions for you", "Additional instructions")
 STOP_WORDS = frozenset(
-    "a an the this that these those is are be it its to of in on for and or with as at by from your you my our "
-    "now here there please below above e g eg".split()
+    ["a", "an", "the", "this", "that", "these", "those", "is", "are", "be", "it", "its", "to", "of", "in", "on", "for", "and", "or", "with", "as", "at", "by", "from", "your", "you", "my", "our", "now", "here", "there", "please", "below", "above", "e", "g", "eg"]
 )
 
 _WORD = re.compile(r"[^\W_]+")

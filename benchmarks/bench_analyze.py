@@ -18,12 +18,8 @@ import sys
 import tempfile
 import time
 
-WORDS = (
-    "the of and a in to is was for on that with as by at from his her it an were are which this be or has had "
-    "model data network learning system method paper results first new two used based time work state city "
-    "university research algorithm language support vector machine neural deep speech image vision robot"
-).split()
-NAMES = "Paris London Berlin Google Microsoft Stanford Hinton LeCun Bengio Turing Python Java ImageNet NeurIPS".split()
+WORDS = ["the", "of", "and", "a", "in", "to", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "it", "an", "were", "are", "which", "this", "be", "or", "has", "had", "model", "data", "network", "learning", "system", "method", "paper", "results", "first", "new", "two", "used", "based", "time", "work", "state", "city", "university", "research", "algorithm", "language", "support", "vector", "machine", "neural", "deep", "speech", "image", "vision", "robot"]
+NAMES = ["Paris", "London", "Berlin", "Google", "Microsoft", "Stanford", "Hinton", "LeCun", "Bengio", "Turing", "Python", "Java", "ImageNet", "NeurIPS"]
 TYPES = ["algorithm", "conference", "country", "field", "location", "organisation", "person", "product", "task"]
 
 

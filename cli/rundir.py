@@ -29,8 +29,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -188,7 +189,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 
@@ -461,8 +462,6 @@ def missing_round_files(run_dir: Path, state: Any) -> list[int]:
     for t in range(1, state.round + 1):
         rdir = round_dir(run_dir, t)
         analysed = any(r.round == t for r in state.history)
-        if (t < state.round or analysed) and not (rdir / ANNOTATIONS).is_file():
-            missing.append(t)
-        elif analysed and not (rdir / REPORT).is_file():
+        if (t < state.round or analysed) and not (rdir / ANNOTATIONS).is_file() or analysed and not (rdir / REPORT).is_file():
             missing.append(t)
     return missing

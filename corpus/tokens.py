@@ -10,8 +10,8 @@ Label ids: 0 is O; for the type with id t (types sorted in Python string order),
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -185,12 +185,12 @@ def label_tokens(
         cell = g * table.char_offset.size + d_sorted
         idx = np.flatnonzero(np.isin(cell, np.unique(cell[clash])))
         reach, current = -1, -1
-        for i, c, f, l in zip(idx.tolist(), cell[idx].tolist(), f_abs[idx].tolist(), l_abs[idx].tolist()):
+        for i, c, f, end_tok in zip(idx.tolist(), cell[idx].tolist(), f_abs[idx].tolist(), l_abs[idx].tolist()):
             if c != current:
                 current, reach = c, -1
             if f > reach:
                 keep[i] = True
-                reach = l
+                reach = end_tok
             else:
                 keep[i] = False
     dropped += np.bincount(g[~keep], minlength=n_groups)

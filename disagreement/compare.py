@@ -38,14 +38,14 @@ class EntityErrors:
     e: np.ndarray
 
     @classmethod
-    def concat(cls, parts: list["EntityErrors"]) -> "EntityErrors":
+    def concat(cls, parts: list[EntityErrors]) -> EntityErrors:
         """The rows of every part, in order."""
         if not parts:
             z = np.zeros(0, dtype=np.int64)
             return cls(z, z, z, z, z, z)
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("k", "fam", "ref", "pred", "s", "e")))
 
-    def take(self, idx: np.ndarray) -> "EntityErrors":
+    def take(self, idx: np.ndarray) -> EntityErrors:
         return EntityErrors(self.k[idx], self.fam[idx], self.ref[idx], self.pred[idx], self.s[idx], self.e[idx])
 
 

@@ -9,8 +9,8 @@ Label ids follow `corpus.tokens`: 0 = O, 2t+1 = B-t, 2t+2 = I-t for type id t (t
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class AnnotationBatch:
         cls,
         documents: Sequence[tuple[str, str, Mapping[str, Sequence[tuple[int, int, str]] | None]]],
         annotators: Sequence[str] | None = None,
-    ) -> "AnnotationBatch":
+    ) -> AnnotationBatch:
         """Build from (doc id, text, {annotator: [(start, end, type), ...] or None}); validates spans.
 
         An annotator missing from a document's mapping is treated as failed on it.

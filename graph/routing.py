@@ -5,7 +5,8 @@ The rules: docs/method.md#loop-and-stop-rule and docs/method.md#selection.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from state.graph_state import DizinerState, RoundRecord
 

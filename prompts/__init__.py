@@ -6,14 +6,14 @@ Documents are untrusted data: every template fences them and says so.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from string import Template
 
 _DIR = Path(__file__).resolve().parent
 
 
-@lru_cache(maxsize=None)
+@cache
 def template(name: str) -> Template:
     return Template((_DIR / f"{name}.md").read_text(encoding="utf-8"))
 

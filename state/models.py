@@ -52,7 +52,7 @@ class TaskDefinition(_Model):
     label_mapping: dict[str, str] = Field(default_factory=dict, description="dataset label -> type name")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TaskDefinition":
+    def _consistent(self) -> TaskDefinition:
         names = [t.name for t in self.entity_types]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -72,7 +72,7 @@ class TaskDefinition(_Model):
         return {n: back.get(n, n) for n in self.type_names}
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TaskDefinition":
+    def from_yaml(cls, path: str | Path) -> TaskDefinition:
         """A task file; every problem is an InputError naming the file, line and field."""
         from state.inputs import load_yaml, validate_yaml
 
@@ -82,7 +82,7 @@ class TaskDefinition(_Model):
         return validate_yaml(cls, data, root, path)
 
     @classmethod
-    def from_data(cls, data: Any, source: str = "task") -> "TaskDefinition":
+    def from_data(cls, data: Any, source: str = "task") -> TaskDefinition:
         if not isinstance(data, dict):
             raise InputError("a task must be a mapping with name, entity_types, final_task_goal", path=source)
         try:
@@ -103,7 +103,7 @@ class Instruction(_Model):
     number: str = Field(description="hierarchical number, e.g. '2' or '2.1'")
     text: str = Field(min_length=1)
     examples: list[InstructionExample] = Field(default_factory=list)
-    sub_instructions: list["Instruction"] = Field(default_factory=list)
+    sub_instructions: list[Instruction] = Field(default_factory=list)
     priority: Literal["high", "medium", "low"] = "medium"
 
 
@@ -127,7 +127,7 @@ class Span(_Model):
     type: str = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _valid(self, info: ValidationInfo) -> "Span":
+    def _valid(self, info: ValidationInfo) -> Span:
         if self.end <= self.start:
             raise ValueError(f"span end {self.end} must be greater than start {self.start}")
         ctx = info.context or {}
@@ -146,7 +146,7 @@ class Document(_Model):
     entities: list[Span] | None = None
 
     @model_validator(mode="after")
-    def _inside(self) -> "Document":
+    def _inside(self) -> Document:
         for s in self.entities or []:
             if s.end > len(self.text):
                 raise ValueError(f"document {self.id!r}: span [{s.start}, {s.end}) lies outside the text")
@@ -167,7 +167,7 @@ class AnnotatorOutput(_Model):
     dropped_types: int = Field(default=0, description="entities of a type outside the schema")
 
     @model_validator(mode="after")
-    def _status(self) -> "AnnotatorOutput":
+    def _status(self) -> AnnotatorOutput:
         if self.status == "failed" and self.spans:
             raise ValueError("a failed annotation carries no spans")
         if self.status == "failed" and not self.reason:

@@ -8,8 +8,9 @@ need it fail when it is missing; they never skip, so `make test` cannot pass wit
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -50,9 +51,8 @@ def scripted_models(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[str]
 def private_call_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own LLM-call cache directory (never the user's ~/.cache/diziner), every model is checked
     again before its first uncached call, and retries wait 10 ms instead of seconds."""
-    from agents.models.preflight import forget_checks
-
     import agents.structured
+    from agents.models.preflight import forget_checks
 
     directory = tmp_path_factory.mktemp("call-cache")
     monkeypatch.setenv("DIZINER_CACHE_DIR", str(directory))

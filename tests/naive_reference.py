@@ -108,7 +108,7 @@ def analyze(docs, percentile=80.0, cutoff=0.5, floor=0.1, tv_percentile=90.0, el
     all_u = []
     all_tv = []
     all_ei = []
-    for d, (doc_id, text, ann) in enumerate(docs):
+    for _doc_id, text, ann in docs:
         toks = tokens(text)
         succ = [a for a in canonical if ann.get(a) is not None]
         labels = {}
@@ -165,7 +165,7 @@ def analyze(docs, percentile=80.0, cutoff=0.5, floor=0.1, tv_percentile=90.0, el
     tau_ei = float(np.percentile(all_ei, elite_internal_percentile)) if all_ei else None
     kinds = {}
     documents = []
-    for d, (doc_id, text, ann) in enumerate(docs):
+    for d, (doc_id, _text, _ann) in enumerate(docs):
         P = per_doc[d]
         toks = P["toks"]
         hot = [P["scored"] and tau is not None and u >= tau and u > 1e-9 for u in P["comb"]]

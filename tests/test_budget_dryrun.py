@@ -60,7 +60,7 @@ def test_the_budget_stops_before_the_next_round_and_resume_with_more_continues(t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stop_reason"].startswith("budget") and summary["status"] == "stopped"
     spent = summary["usage"]["cost_usd"]
-    assert 0 < spent and "--budget" in err and "--resume" in err
+    assert spent > 0 and "--budget" in err and "--resume" in err
     done = len(summary["rounds"])
     assert 1 <= done < 3 and (out / "round-1" / "annotations.jsonl").exists()
     assert main(["refine", "--resume", str(out), "--budget", "1000"]) == 0

@@ -27,11 +27,11 @@ from agents.models import (
     resolve_models,
     safe_name,
 )
+from state.errors import InputError  # noqa: I001 (kept beside the models it checks)
 
 EMBEDDED_MAX_TOKENS = SMALL_PROFILE.annotator_max_tokens
 EMBEDDED_SUPERVISOR_MAX_TOKENS = SMALL_PROFILE.supervisor_max_tokens
 SUPERVISOR_MAX_TOKENS = DEFAULT_PROFILE.supervisor_max_tokens
-from state.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_parse_rejects_bad_specs_naming_spec_and_forms(text: str, fragment: str)
     message = str(info.value)
     assert fragment in message
     assert repr(text) in message or repr(text.strip()) in message
-    if "embedded:llama" != text:
+    if text != "embedded:llama":
         assert "openai:gpt-5-mini" in message and "ollama:qwen3:14b" in message
 
 

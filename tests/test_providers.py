@@ -19,9 +19,8 @@ from agents.models.errors import ModelUnavailable
 from agents.models.preflight import PROBE_PROMPT, forget_checks
 from cli.main import main
 from state.models import Document, EntityType, TaskConfiguration
-from tests.servers import FaultSchedule, capitalised_entities, usage_totals
+from tests.servers import FaultSchedule, capitalised_entities, openai_compat, usage_totals
 from tests.servers import ollama as ollama_servers
-from tests.servers import openai_compat
 
 openai_server = openai_compat.openai_server
 ollama_server = ollama_servers.ollama_server

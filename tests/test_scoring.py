@@ -186,10 +186,9 @@ def read_tags(path: Path) -> tuple[list[list[str]], list[list[str]]]:
 def decode(tags: list[str]) -> list[list]:
     spans, cur = [], None
     for i, g in enumerate(tags):
-        if g == "O" or g.startswith("B-") or (cur is not None and g[2:] != cur[2]):
-            if cur is not None:
-                spans.append(cur)
-                cur = None
+        if (g == "O" or g.startswith("B-") or (cur is not None and g[2:] != cur[2])) and cur is not None:
+            spans.append(cur)
+            cur = None
         if g.startswith("B-"):
             cur = [i, i + 1, g[2:]]
         elif g.startswith("I-"):

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.trace_collector import Run, TraceCollector
 from tests.scripted import POLITICS_SENTENCES
+from tests.trace_collector import Run, TraceCollector
 
 NODES = (
     "select_pilot",

@@ -28,10 +28,11 @@ import gzip
 import json
 import threading
 import time
+from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 _RUN_FIELDS = ("inputs", "outputs", "events", "extra", "error", "serialized")
 
@@ -104,7 +105,7 @@ class TraceCollector:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "TraceCollector":
+    def start(self) -> TraceCollector:
         self._thread.start()
         return self
 
@@ -112,7 +113,7 @@ class TraceCollector:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "TraceCollector":
+    def __enter__(self) -> TraceCollector:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -157,7 +158,7 @@ class TraceCollector:
                 out.append(run)
         return out
 
-    def wait_for(self, predicate: Callable[["TraceCollector"], bool], timeout: float = 30.0, interval: float = 0.2) -> bool:
+    def wait_for(self, predicate: Callable[[TraceCollector], bool], timeout: float = 30.0, interval: float = 0.2) -> bool:
         """Poll until `predicate(self)` holds (traces arrive asynchronously); False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

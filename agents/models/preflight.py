@@ -56,7 +56,7 @@ def _endpoint(spec: ModelSpec, model: Any) -> tuple[str, dict[str, str]] | None:
         base = getattr(model, "base_url", None) or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
         if "://" not in base:
             base = f"http://{base}"
-        headers = dict(((getattr(model, "client_kwargs", None) or {}).get("headers") or {}))
+        headers = dict((getattr(model, "client_kwargs", None) or {}).get("headers") or {})
         return base.rstrip("/"), headers
     return None
 
