@@ -1,0 +1,355 @@
+"""Structured calls to an OpenAI-compatible server through the openai client itself, for annotating whole corpora.
+
+`diziner annotate` sends thousands of short requests; LangChain's per-call machinery (runnables, callbacks, message
+objects, and a JSON schema rebuilt for every call) costs more CPU than the request itself. `DirectCaller` sends
+the same chat-completions body the LangChain client would (model, messages, output cap, the spec's output mode,
+temperature, frequency penalty) with the openai client's own `post`, and keeps everything else of
+`agents.structured`: the persistent call cache and its key, the preflight check before the first uncached call,
+one total deadline per call with retries of the errors that can heal (`agents.models.errors.classify`,
+`agents.structured.backoff_seconds`), the tolerant reply reader with one re-ask (`agents.replies`), every request
+counted in the usage (estimated from text length when the server reports none), and the unusable answer kept.
+With LangSmith tracing on, each call is a traced chain and each request a traced `llm` run named after the spec.
+
+Only specs of the ``openai`` provider with output mode json_schema, json or text (`supports`); any other model is
+called through `agents.structured`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents.cache import CachedReply, CallCache, cache_key
+from agents.models.errors import CallError, Failure, classify
+from agents.models.preflight import ensure_checked
+from agents.models.spec import ModelSpec
+from agents.replies import read_reply, reask_message
+from state.errors import InputError
+from state.graph_state import TokenUsage
+
+__all__ = ["DirectCaller", "request_key", "supports"]
+
+_MODES = ("json_schema", "json", "text")
+ESTIMATE_CHARS_PER_TOKEN = 4.0  # as agents.structured: the usage estimate when a server reports none
+
+
+def supports(spec: ModelSpec) -> bool:
+    """Whether `DirectCaller` can call this model (an OpenAI-compatible server, an output mode it sends)."""
+    return spec.provider == "openai" and spec.output in _MODES
+
+
+@lru_cache(maxsize=64)
+def _schema_json(schema: type[BaseModel]) -> dict[str, Any]:
+    """The schema's JSON schema, built once per schema class (shared: never changed by its users)."""
+    return schema.model_json_schema()
+
+
+@lru_cache(maxsize=64)
+def _response_format(schema: type[BaseModel], mode: str) -> dict[str, Any] | None:
+    """The ``response_format`` the LangChain client sends for this schema and mode, or None (shared, read only)."""
+    if mode == "json_schema":
+        from agents.models.modes import _openai_response_format
+
+        return _openai_response_format(schema)
+    if mode == "json":
+        return {"type": "json_object"}
+    return None
+
+
+def request_key(spec: ModelSpec, schema: type[BaseModel], turns: list[str]) -> str:
+    """The call-cache key of a request for `turns` (alternating user and assistant messages): equal to
+    `agents.cache.cache_key` of the same request, with the parts that do not change between requests serialised
+    once per model and schema (checked against `cache_key` itself; where they would differ, it is called)."""
+    messages = _messages(turns)
+    parts = _key_parts(spec, schema)
+    if parts is None:
+        return cache_key(spec, _schema_json(schema), spec.output, messages)
+    head, tail = parts
+    text = head + json.dumps(messages, sort_keys=True, ensure_ascii=False) + tail
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=64)
+def _key_parts(spec: ModelSpec, schema: type[BaseModel]) -> tuple[str, str] | None:
+    """The JSON text `cache_key` hashes, split around its messages (the only part that changes per request), or
+    None when this split no longer gives `cache_key`'s result."""
+    slot = "\x00messages\x00"
+    sampling = {"temperature": spec.temperature, "max_tokens": spec.max_tokens,
+                "frequency_penalty": spec.profile.frequency_penalty, "context_window": spec.context_window}
+    payload = {"model": spec.name, "base_url": spec.base_url, "sampling": sampling, "mode": spec.output,
+               "schema": _schema_json(schema), "messages": slot}
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+    head, found, tail = text.partition(json.dumps(slot))
+    probe = [{"role": "user", "content": "probe \u00e9 \"x\""}, {"role": "assistant", "content": "{}"}]
+    mine = hashlib.sha256((head + json.dumps(probe, sort_keys=True, ensure_ascii=False) + tail).encode()).hexdigest()
+    if not found or mine != cache_key(spec, _schema_json(schema), spec.output, probe):
+        return None
+    return head, tail
+
+
+class _Reply:
+    __slots__ = ("text", "truncated", "usage", "attempts")
+
+    def __init__(self, text: str, truncated: bool, usage: TokenUsage, attempts: int) -> None:
+        self.text, self.truncated, self.usage, self.attempts = text, truncated, usage, attempts
+
+
+class DirectCaller:
+    """One model's structured calls through the openai client (see the module docstring). The client is built on
+    the first call the cache cannot answer, reading the API key as `agents.models.clients` does (a missing key is
+    the same InputError); the preflight check (`agents.models.preflight.ensure_checked`) runs before it, through
+    the same client."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        if not supports(spec):
+            raise InputError(f"model {spec.name!r} cannot be called directly (provider {spec.provider}, output "
+                             f"{spec.output}); use the LangChain backend")
+        self.spec = spec
+        self._client: Any = None
+        self._tracing = _tracing_on()
+
+    # ------------------------------------------------------------------ the client
+
+    def _openai(self) -> Any:
+        if self._client is None:
+            import openai
+
+            key_env = self.spec.api_key_env or "OPENAI_API_KEY"
+            key = os.environ.get(key_env)
+            if not key:
+                raise InputError(
+                    f"model {self.spec.name!r} needs an API key in the environment variable {key_env}: set it "
+                    f"(any non-empty value for a local OpenAI-compatible server), or name another variable "
+                    f"with api_key_env in the run file"
+                )
+            self._client = openai.AsyncOpenAI(
+                api_key=key,
+                base_url=self.spec.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+                timeout=self.spec.timeout,
+                max_retries=0,  # retries are ours, within the call's deadline
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def body(self, schema: type[BaseModel], messages: list[dict[str, str]]) -> dict[str, Any]:
+        """The chat-completions request body for `messages`, as the LangChain client builds it."""
+        spec = self.spec
+        body: dict[str, Any] = {"model": spec.model, "stream": False, "messages": messages}
+        if spec.max_tokens is not None:
+            body["max_completion_tokens"] = spec.max_tokens
+        response_format = _response_format(schema, spec.output)
+        if response_format is not None:
+            body["response_format"] = response_format
+        body["temperature"] = spec.temperature
+        if spec.profile.frequency_penalty is not None:
+            body["frequency_penalty"] = spec.profile.frequency_penalty
+        return body
+
+    # ------------------------------------------------------------------ one structured call
+
+    def key(self, schema: type[BaseModel], turns: list[str]) -> str:
+        """The call-cache key of a request for `turns` (alternating user and assistant messages)."""
+        return request_key(self.spec, schema, turns)
+
+    async def ask(self, schema: type[BaseModel], prompt: str, cache: CallCache | None = None,
+                  run_name: str | None = None, metadata: dict[str, Any] | None = None,
+                  salvage: Any = None) -> tuple[Any, str]:
+        """An answer fitting `schema` (`agents.structured.StructuredAnswer`), with the same policy as
+        `agents.structured.invoke_structured` (`salvage` as there), and the call-cache key of its first request."""
+        key = self.key(schema, [prompt])
+        if self._tracing:
+            from langsmith import traceable
+
+            traced = traceable(run_type="chain", name=run_name or "structured call", metadata=metadata or {})
+            return await traced(self._ask)(schema, prompt, cache, key, salvage), key
+        return await self._ask(schema, prompt, cache, key, salvage), key
+
+    async def _ask(self, schema: type[BaseModel], prompt: str, cache: CallCache | None, key: str,
+                   salvage: Any = None) -> Any:
+        from agents.structured import StructuredAnswer
+
+        spec = self.spec
+        turns = [prompt]
+        usage, attempts, raw = TokenUsage(), 0, None
+        error = ""
+        for round_trip in range(2):
+            try:
+                reply = await self._complete(schema, turns, cache, key if round_trip == 0 else None)
+            except CallError as exc:
+                usage = usage.add(exc.usage or TokenUsage())
+                attempts += 1 if exc.usage is None else exc.usage.calls
+                return StructuredAnswer(None, usage, f"after {max(attempts, 1)} attempt{'s' if attempts != 1 else ''}:"
+                                        f" {exc.failure.message}", raw, attempts, exc.failure)
+            usage, attempts, raw = usage.add(reply.usage), attempts + reply.attempts, reply.text
+            parsed, error = read_reply(reply.text, schema)
+            if parsed is not None:
+                return StructuredAnswer(parsed, usage, "", raw, attempts)
+            rescued = salvage(reply.text) if salvage is not None and not reply.truncated else None
+            if rescued is not None:
+                return StructuredAnswer(rescued[0], usage, "", raw, attempts, salvaged=rescued[1])
+            if reply.truncated:
+                error = f"answer cut at the output cap ({spec.max_tokens} tokens): {error}"
+                if spec.deterministic or round_trip == 1:
+                    break
+                continue  # a sampling model may finish next time: ask again, the same prompt
+            if round_trip == 0:
+                turns = [prompt, reply.text, reask_message(error)]
+        return StructuredAnswer(None, usage, f"unusable answer: {error}"[:500], raw, attempts)
+
+    async def _complete(self, schema: type[BaseModel], turns: list[str], cache: CallCache | None,
+                        key: str | None) -> _Reply:
+        """One reply to `turns` (`key`: their cache key when known): from the cache, or from the server within the
+        call's deadline; CallError when no reply came."""
+        spec = self.spec
+        messages = _messages(turns)
+        if cache is not None and key is None:
+            key = self.key(schema, turns)
+        if cache is not None and key is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                return _Reply(hit.text, hit.truncated, TokenUsage(cache_hits=1, cache_input_tokens=hit.input_tokens,
+                                                                  cache_output_tokens=hit.output_tokens), 0)
+        from agents.structured import backoff_seconds
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + spec.timeout
+        client = self._openai()  # the key is read here, as for every other call
+        usage = await ensure_checked(spec, _CheckedModel(self), deadline)
+        body = self.body(schema, messages)
+        prompt_chars = sum(len(t) for t in turns)
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise CallError(Failure("timeout", f"no answer within the {spec.timeout:g} s deadline"), usage)
+            try:
+                async with asyncio.timeout(remaining):
+                    answer = await self._send(client, body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # provider errors, transport errors, the deadline
+                usage = usage.add(TokenUsage(calls=1))
+                failure = classify(exc)
+                if isinstance(exc, TimeoutError):
+                    failure = Failure("timeout", f"no answer within the {spec.timeout:g} s deadline")
+                if not failure.retryable or attempt > spec.max_retries:
+                    raise CallError(failure, usage) from exc
+                wait = backoff_seconds(attempt, failure)
+                if loop.time() + wait >= deadline:
+                    raise CallError(Failure(failure.kind, f"{failure.message} (no time left for a retry within the "
+                                            f"{spec.timeout:g} s deadline)", failure.status), usage) from exc
+                await asyncio.sleep(wait)
+                continue
+            try:
+                text, truncated, filtered, used = _read_completion(answer, prompt_chars)
+            except (KeyError, IndexError, TypeError, AttributeError) as exc:
+                usage = usage.add(TokenUsage(calls=1))
+                raise CallError(Failure("server", f"the server's answer is not a chat completion: {exc!r}"),
+                                usage) from exc
+            usage = usage.add(used)
+            if filtered:
+                raise CallError(Failure("answer", "the provider's content filter stopped the answer"), usage, text)
+            if cache is not None and key is not None:
+                cache.put(key, spec.name, CachedReply(text, used.input_tokens, used.cached_input_tokens,
+                                                      used.output_tokens, truncated))
+            return _Reply(text, truncated, usage, attempt)
+
+    async def _send(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """POST the body; the parsed JSON answer (errors are the openai client's exceptions)."""
+        import httpx
+
+        if self._tracing:
+            from langsmith import traceable
+
+            @traceable(run_type="llm", name=self.spec.name,
+                       metadata={"ls_provider": "openai", "ls_model_name": self.spec.model})
+            async def chat_completion(messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
+                response = await client.post("/chat/completions", cast_to=httpx.Response, body=body)
+                return json.loads(response.content)
+
+            return await chat_completion(body["messages"], **{k: v for k, v in body.items() if k != "messages"})
+        response = await client.post("/chat/completions", cast_to=httpx.Response, body=body)
+        return json.loads(response.content)
+
+
+class _CheckedModel:
+    """What `ensure_checked` reads of a model: its endpoint and key, and `bind(...).ainvoke(messages)` for the tiny
+    probe call, answered through the caller's own client."""
+
+    def __init__(self, caller: DirectCaller, **params: Any) -> None:
+        self._caller = caller
+        self._params = params
+        client = caller._openai()
+        self.openai_api_base = str(client.base_url)
+        self.openai_api_key = client.api_key
+
+    def bind(self, **params: Any) -> _CheckedModel:
+        return _CheckedModel(self._caller, **{**self._params, **params})
+
+    async def ainvoke(self, messages: list[Any], config: Any = None) -> Any:
+        spec = self._caller.spec
+        body: dict[str, Any] = {"model": spec.model, "stream": False,
+                                "messages": [{"role": "user", "content": str(m.content)} for m in messages]}
+        if "max_tokens" in self._params:
+            body["max_completion_tokens"] = self._params["max_tokens"]
+        body["temperature"] = spec.temperature
+        answer = await self._caller._send(self._caller._openai(), body)
+        text, _, _, used = _read_completion(answer, sum(len(m["content"]) for m in body["messages"]))
+        return _Answer(text, used)
+
+
+class _Answer:
+    """A reply as `agents.structured.usage_of` reads it (content and LangChain's usage metadata)."""
+
+    def __init__(self, text: str, used: TokenUsage) -> None:
+        self.content = text
+        self.usage_metadata = None if used.estimated_calls else {
+            "input_tokens": used.input_tokens, "output_tokens": used.output_tokens,
+            "input_token_details": {"cache_read": used.cached_input_tokens}}
+
+
+def _messages(turns: list[str]) -> list[dict[str, str]]:
+    """Alternating user and assistant messages, as the cache key and the request body hold them."""
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+
+
+def _read_completion(answer: dict[str, Any], prompt_chars: int) -> tuple[str, bool, bool, TokenUsage]:
+    """(answer text, cut at the output cap, stopped by a content filter, usage) of a chat-completion answer."""
+    choice = answer["choices"][0]
+    message = choice.get("message") or {}
+    text = message.get("content") or ""
+    if not text and message.get("tool_calls"):
+        text = message["tool_calls"][0]["function"]["arguments"] or ""
+    reason = choice.get("finish_reason")
+    used = answer.get("usage")
+    if not used:
+        usage = TokenUsage(input_tokens=round(prompt_chars / ESTIMATE_CHARS_PER_TOKEN),
+                           output_tokens=round(len(text) / ESTIMATE_CHARS_PER_TOKEN), calls=1, estimated_calls=1)
+    else:
+        details = used.get("prompt_tokens_details") or {}
+        usage = TokenUsage(input_tokens=int(used.get("prompt_tokens") or 0),
+                           cached_input_tokens=int(details.get("cached_tokens") or 0),
+                           output_tokens=int(used.get("completion_tokens") or 0), calls=1)
+    return text, reason == "length", reason == "content_filter", usage
+
+
+def _tracing_on() -> bool:
+    """Whether LangSmith tracing is on (LANGSMITH_TRACING / LANGCHAIN_TRACING_V2)."""
+    try:
+        from langsmith.utils import tracing_is_enabled
+
+        return bool(tracing_is_enabled())
+    except Exception:  # an old or missing langsmith traces nothing
+        return False
