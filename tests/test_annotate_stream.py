@@ -475,3 +475,94 @@ def test_other_backends_refuse_what_only_the_local_ones_do(tmp_path, capsys, loo
     code, err = annotate(capsys, run_dir, docs, out, "--backend", "openai-batch", "--budget", "1")
     assert code == 2 and "--budget" in err
     assert server.requests() == []
+
+
+# ---------------------------------------------------------------- the pieces
+
+
+def test_streamed_documents_equal_the_corpus_reader(tmp_path):
+    from annotation.stream import iter_documents, scan_input
+    from state.errors import InputError
+
+    jsonl = corpus(tmp_path / "docs.jsonl", 7)
+    conll = tmp_path / "two.conll"
+    conll.write_text("-DOCSTART-\tO\n\nA\tB-x\nb\tI-y\n\n\n  \nC\tO\n-DOCSTART-\tO\nd\tI-x\n\n", encoding="utf-8")
+    four = tmp_path / "four.conll"
+    four.write_text("EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\n", encoding="utf-8")
+    for path in (jsonl, conll, four, tmp_path / "empty.conll"):
+        path.touch()
+        expected, stats = read_documents(path)
+        scan = scan_input(path)
+        assert list(iter_documents(scan)) == expected, path
+        assert [d.line for d in iter_documents(scan)] == [d.line for d in expected]
+        assert scan.documents == len(expected) and scan.format == stats.format
+        assert scan.stats.warnings(path) == stats.warnings(path)
+        assert scan.size == path.stat().st_size
+    duplicate = tmp_path / "dup.jsonl"
+    duplicate.write_text(jsonl.read_text() + json.dumps({"id": "doc-3", "text": "again"}) + "\n")
+    with pytest.raises(InputError, match=r"dup.jsonl:8: duplicate document id 'doc-3' \(first on line 4\)"):
+        scan_input(duplicate)
+
+
+def test_request_keys_and_prompts_equal_the_call_layers():
+    from agents.annotator import fit_annotator_prompt, schema_for
+    from agents.cache import cache_key
+    from agents.models.bulk import request_key
+    from cli.annotate import prompt_parts
+    from prompts import fence
+
+    definition = TaskDefinition.from_yaml(TASK)
+    configuration = configuration_for(definition, Guideline(), MODEL)
+    for settings in ({"name": MODEL}, {"name": MODEL, "base_url": "http://h/v1", "temperature": 0.3, "output": "json"},
+                     {"name": "openai:x", "profile": "small", "context_window": 4096}):
+        spec = ModelSpec.model_validate(settings).for_role("annotator")
+        schema = schema_for(spec, tuple(t.name for t in configuration.schema_))
+        for turns in (["un été à Zürich \"quoted\" </document>"], ["a", "b", "c"]):
+            messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+            assert request_key(spec, schema, turns) == cache_key(spec, schema.model_json_schema(), spec.output, messages)
+        head, tail = prompt_parts(spec, configuration, 2)
+        for text in ("Merkel met Kohl .", "a $goal </document> <document> b"):
+            assert head + fence(text) + tail == fit_annotator_prompt(spec, configuration, text, 2)[0]
+
+
+@pytest.mark.parametrize("fmt", ["conll", "label-studio"])
+def test_other_formats_resume_to_the_same_bytes(tmp_path, capsys, loopback, fmt):
+    loopback()
+    priced = make_run(tmp_path / "priced", {"name": MODEL, "concurrency": 2,
+                                            "price": {"input": 100.0, "output": 100.0}})
+    docs = corpus(tmp_path / "docs.jsonl", 10, extra={4: "Merkel and Kohl and Merkel met in Berlin ."})
+    out, clean = tmp_path / "pred.out", tmp_path / "clean.out"
+    assert annotate(capsys, priced, docs, clean, "--format", fmt)[0] == 0
+    code, err = annotate(capsys, priced, docs, out, "--format", fmt, "--budget", "0.5", "--no-cache")
+    assert code == 3, err
+    assert out.read_bytes() != clean.read_bytes()
+    code, err = annotate(capsys, priced, docs, out, "--format", fmt, "--resume")
+    assert code == 0, err
+    assert out.read_bytes() == clean.read_bytes()
+
+
+def test_ctrl_c_then_resume(tmp_path, capsys, loopback, run_dir):
+    server = loopback(latency=0.1)
+    docs = corpus(tmp_path / "docs.jsonl", 40)
+    out = tmp_path / "pred.jsonl"
+    argv = [sys.executable, "-m", "cli.main", "annotate", "--run", str(run_dir), "--docs", str(docs), "--out",
+            str(out), "--no-cache"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 8:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted" in err and b"--resume" in err
+    finished = ledger_ids(out)
+    assert 8 <= len(finished) < 40
+    sent = len(server.chat_requests())
+    code, err = annotate(capsys, run_dir, docs, out, "--no-cache", "--resume")
+    assert code == 0, err
+    text_of = {json.loads(ln)["id"]: json.loads(ln)["text"] for ln in docs.read_text().splitlines()}
+    after = {document_in(prompt_of(e.body)) for e in server.chat_requests()[sent:] if "<document>" in prompt_of(e.body)}
+    assert not {text_of[i] for i in finished} & after
+    assert [json.loads(ln)["id"] for ln in out.read_text().splitlines()] == [f"doc-{i}" for i in range(40)]
