@@ -46,7 +46,9 @@ def cache_key(spec: Any, schema: dict[str, Any], mode: str, messages: list[dict[
         "frequency_penalty": spec.profile.frequency_penalty,
         "context_window": spec.context_window,
     }
-    payload = {"model": spec.name, "base_url": spec.base_url, "sampling": sampling, "mode": mode, "schema": schema,
+    from agents.models.clients import endpoint
+
+    payload = {"model": spec.name, "base_url": endpoint(spec), "sampling": sampling, "mode": mode, "schema": schema,
                "messages": messages}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 

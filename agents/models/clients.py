@@ -19,12 +19,20 @@ from state.errors import InputError
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-__all__ = ["ModelHandle", "chat_model", "clear_cache", "named_chat_model"]
+__all__ = ["ModelHandle", "chat_model", "clear_cache", "endpoint", "named_chat_model"]
 
 # spec -> (model, embedded server URL it was built for, or None)
 _cache: dict[tuple[ModelSpec, tuple[str | None, ...]], tuple[BaseChatModel, str | None]] = {}
 _cache_lock = threading.Lock()
 _build_locks: dict[tuple[ModelSpec, tuple[str | None, ...]], threading.Lock] = {}
+
+
+def endpoint(spec: ModelSpec) -> str | None:
+    """Where the spec's calls go: its base_url, else the provider's environment variable (None: the default)."""
+    if spec.base_url:
+        return spec.base_url
+    variable = {"openai": "OPENAI_BASE_URL", "ollama": "OLLAMA_HOST"}.get(spec.provider)
+    return os.environ.get(variable) or None if variable else None
 
 
 def _environment(spec: ModelSpec) -> tuple[str | None, ...]:
