@@ -127,6 +127,7 @@ def memory(work: Path, server, sizes: list[int], concurrency: int) -> None:
     run_dir = make_run(work / "run-mem", {"name": f"openai:{MODEL}", "concurrency": concurrency})
     env = {**os.environ, "OPENAI_API_KEY": "loopback", "OPENAI_BASE_URL": server.base_url}
     for n in sizes:
+        server.clear_log()  # the loopback server keeps every request it served
         docs = work / f"mem-{n}.jsonl"
         write_corpus(docs, n, seed=n)
         cache = work / f"cache-mem-{n}"

@@ -312,9 +312,10 @@ def run_elsewhere(args: argparse.Namespace, backend: str, spec: Any, configurati
 
 
 def choose_backend(name: str, spec: Any) -> str:
-    """``openai`` (the openai client itself, `agents.models.bulk`) or ``langchain`` (`agents.structured`). ``auto``
-    takes the openai client for an openai: model in an output mode it sends, unless the chat-model factory was
-    replaced (tests inject scripted chat models that way)."""
+    """The backend for --backend NAME and the model: ``openai`` (the openai client itself, `agents.models.bulk`),
+    ``langchain`` (`agents.structured`), ``openai-batch`` or ``ray``. ``auto`` takes the openai client for an openai:
+    model in an output mode it sends, unless the chat-model factory was replaced (tests inject scripted chat models
+    that way), else LangChain."""
     from agents import models
     from agents.models import bulk, clients
 
@@ -387,12 +388,16 @@ class Job:
     resuming: bool = False
     configuration_hash: str = ""
     # the session's state
-    wpos: int = 0
-    mark: dict[str, Any] | None = None
-    held: list[tuple[Item, Any]] = field(default_factory=list)
-    spent_before: float = 0.0
-    usage: Any = None
-    progress: Any = None
+    ledger: Any = None  # annotation.ledger.Ledger
+    writer: Any = None  # annotation.exports.Writer
+    failures: Any = None  # annotation.stream.FailuresFile
+    caller: Any = None  # Caller
+    progress: Any = None  # Progress
+    wpos: int = 0  # the next document's place in the output's write order
+    mark: dict[str, Any] | None = None  # the writer's mark after the last document written
+    held: list[tuple[Item, Any]] = field(default_factory=list)  # transport failures not written yet
+    spent_before: float = 0.0  # USD the ledger's earlier sessions spent
+    usage: Any = None  # this session's tokens
 
     def __post_init__(self) -> None:
         from annotation.ledger import configuration_hash
@@ -771,11 +776,11 @@ class Progress:
     def __enter__(self) -> Progress:
         if self.live:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
             from rich.progress import Progress as Bar
 
             self._bar = Bar(TextColumn("annotate"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[status]}"),
                             console=Console(stderr=True), refresh_per_second=4, transient=False)
             self._bar.__enter__()
             self._task = self._bar.add_task("annotate", total=self.total, completed=self.done, status=self.status())

@@ -566,3 +566,47 @@ def test_ctrl_c_then_resume(tmp_path, capsys, loopback, run_dir):
     after = {document_in(prompt_of(e.body)) for e in server.chat_requests()[sent:] if "<document>" in prompt_of(e.body)}
     assert not {text_of[i] for i in finished} & after
     assert [json.loads(ln)["id"] for ln in out.read_text().splitlines()] == [f"doc-{i}" for i in range(40)]
+
+
+def test_run_in_order_keeps_order_within_its_window_and_stops_cleanly():
+    import random
+
+    from annotation.stream import run_in_order
+
+    async def scenario(ordered: bool, known: set[int], stop_after: int | None = None, fail_at: int | None = None):
+        emitted: list[int] = []
+        waiting: list[int] = []  # finished but not yet emitted, sampled at every start
+        finished: set[int] = set()
+        in_flight = 0
+        peak = 0
+        rng = random.Random(7)
+
+        async def work(i: int) -> int:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            waiting.append(len(finished - set(emitted)))
+            await asyncio.sleep(rng.random() / 500)
+            in_flight -= 1
+            if i == fail_at:
+                raise RuntimeError("boom")
+            finished.add(i)
+            return i * 10
+
+        def emit(i: int, result: int) -> None:
+            assert result == i * 10
+            emitted.append(i)
+
+        items = ((i, i * 10 if i in known else None) for i in range(60))
+        may_start = (lambda n: len(emitted) + n < stop_after) if stop_after is not None else None
+        done = await run_in_order(items, work, emit, concurrency=3, ordered=ordered, may_start=may_start)
+        return done, emitted, peak, max(waiting, default=0)
+
+    done, emitted, peak, waiting = asyncio.run(scenario(True, {0, 5, 6, 40}))
+    assert done and emitted == list(range(60)) and peak <= 3 and waiting <= 12
+    done, emitted, peak, _ = asyncio.run(scenario(False, set()))
+    assert done and sorted(emitted) == list(range(60)) and emitted != list(range(60)) and peak <= 3
+    done, emitted, _, _ = asyncio.run(scenario(True, set(), stop_after=20))
+    assert not done and emitted == list(range(len(emitted))) and 20 <= len(emitted) < 23  # in flight finish
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(scenario(True, set(), fail_at=30))
