@@ -26,12 +26,14 @@ servers beyond what one machine's client gets through (the call itself: docs/met
   writes the output anew, and the persistent call cache answers every request a finished run already made.
 
 Where Ray runs: without ``address`` (and without ``RAY_ADDRESS`` in the environment) a private local Ray runtime is
-started (``LOCAL_CPUS`` CPUs, no dashboard) and shut down at the end; with one, the command connects to that cluster
-(``ray://head:10001`` or ``head:6379``). On a cluster every worker node needs this package installed, the input and
-the output's directory must be on a file system every node mounts, and the workers get the environment variables the
-model needs (its key variable, ``OPENAI_BASE_URL``/``OLLAMA_HOST``, ``DIZINER_CACHE_DIR``, LangSmith's) from the
-driver's environment through the job's runtime environment. Each node's workers use the call cache in
-``cache_dir`` (default: the worker's own default cache directory on a cluster, the driver's locally).
+started (``LOCAL_CPUS`` CPUs, no dashboard) and shut down at the end; with one, the command joins that cluster as its
+driver: ``head:6379`` (the GCS address ``ray start --head`` prints) or ``auto``, from a machine of the cluster (the
+head node, or through ``ray job submit``). Ray Client addresses (``ray://``) are refused: Ray Data does not run
+through Ray Client. On a cluster every node needs this package installed, the input and the output's directory must
+be on a file system every node mounts, and the workers get the environment variables the model needs (its key
+variable, ``OPENAI_BASE_URL``/``OLLAMA_HOST``, ``DIZINER_CACHE_DIR``, LangSmith's) from the driver's environment
+through the job's runtime environment. Each node's workers use the call cache in ``cache_dir`` (default: the
+workers' own default cache directory on a cluster, the driver's locally).
 """
 
 from __future__ import annotations
@@ -394,6 +396,10 @@ def annotate_with_ray(
     if not out.parent.is_dir():
         raise InputError(f"the output's directory {str(out.parent)!r} does not exist", path=str(output_path))
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None and address.startswith("ray://"):
+        raise InputError(f"Ray address {address!r}: Ray Data does not run through Ray Client (ray://); run the "
+                         "command on a node of the cluster with RAY_ADDRESS=HEAD:6379 (or auto), or submit it with "
+                         "`ray job submit -- diziner annotate ...`")
     use_cache = call_cache and spec.temperature == 0
     if cache_dir is None and address is None:
         cache_dir = default_cache_dir()  # the driver's, as the local backend's; a cluster's workers use their own

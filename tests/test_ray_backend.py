@@ -258,6 +258,9 @@ def test_bad_input_is_refused_before_ray_starts(tmp_path, monkeypatch):
     good.write_text('{"id": "a", "text": "x"}\n')
     with pytest.raises(InputError, match="does not exist"):
         annotate_with_ray(good, tmp_path / "missing" / "out.jsonl", spec, configuration(), LABELS, round_=1)
+    with pytest.raises(InputError, match=r"does not run through Ray Client"):
+        annotate_with_ray(good, tmp_path / "out.jsonl", spec, configuration(), LABELS, round_=1,
+                          address="ray://head:10001")
     with pytest.raises(InputError, match="unknown --format"):
         annotate_with_ray(good, tmp_path / "out.jsonl", spec, configuration(), LABELS, round_=1, fmt="xml")
     assert not os.path.exists(tmp_path / "out.jsonl")
