@@ -59,7 +59,7 @@ from corpus.io import CorpusDocument
 from state.errors import InputError
 from state.graph_state import TokenUsage
 
-__all__ = ["LOCAL_CPUS", "RayReport", "annotate_with_ray", "annotate_text", "pool_shape"]
+__all__ = ["LOCAL_CPUS", "AnnotationJob", "RayReport", "annotate_text", "annotate_with_ray", "pool_shape"]
 
 LOCAL_CPUS = 2  # CPUs of the private local Ray runtime
 ACTOR_CPUS = 0.5  # an actor mostly waits on the network; half a CPU each leaves room for the read tasks
@@ -102,7 +102,7 @@ class RayReport:
 
 
 @dataclass(frozen=True)
-class _Job:
+class AnnotationJob:
     """What every actor needs to annotate a document as the local backend does (sent to the actors pickled)."""
 
     spec: Any  # agents.models.ModelSpec
@@ -118,7 +118,7 @@ class _Job:
 # ---------------------------------------------------------------------------------------------------- one document
 
 
-async def annotate_text(handle: Any, job: _Job, doc_id: str, text: str, cache: Any) -> dict[str, Any]:
+async def annotate_text(handle: Any, job: AnnotationJob, doc_id: str, text: str, cache: Any) -> dict[str, Any]:
     """One document's result as the local backend computes it: its spans with the dataset's labels (sorted, each
     once), whole or from its chunks merged, or why it failed; with the usage of every request."""
     from agents.annotator import annotate_document
@@ -164,7 +164,7 @@ def _text_digest(text: str) -> str:
 class _Annotator:
     """One actor of the pool: its own model client, call cache and gate of `per_actor` documents in flight."""
 
-    def __init__(self, job: _Job) -> None:
+    def __init__(self, job: AnnotationJob) -> None:
         from agents import models
         from agents.cache import open_cache
         from agents.models import ModelHandle
@@ -420,7 +420,7 @@ def annotate_with_ray(
             cpus = int(ray.cluster_resources().get("CPU", LOCAL_CPUS))
             n_actors, per_actor = pool_shape(concurrency, min(actors or max(1, cpus), total))
             report.actors, report.per_actor = n_actors, per_actor
-            job = _Job(spec=spec, configuration=configuration, labels=dict(labels), round_=round_,
+            job = AnnotationJob(spec=spec, configuration=configuration, labels=dict(labels), round_=round_,
                        chunk_chars=chunk_chars, per_actor=per_actor,
                        cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=use_cache)
             blocks = max(1, min(read_count, max(4 * n_actors, math.ceil(read_count / BLOCK_DOCUMENTS))))
@@ -438,7 +438,8 @@ def annotate_with_ray(
     return report
 
 
-def _dataset(ray: Any, path: Path, parquet: bool, blocks: int, limit: int | None, job: _Job, n_actors: int) -> Any:
+def _dataset(ray: Any, path: Path, parquet: bool, blocks: int, limit: int | None, job: AnnotationJob,
+             n_actors: int) -> Any:
     """The Ray dataset of the results: documents (id, text) read in order, annotated by the actor pool."""
     import pyarrow as pa
     import pyarrow.json as pajson
@@ -495,11 +496,12 @@ def _write_results(dataset: Any, documents: Iterator[CorpusDocument], total: int
     try:
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             for doc_id, raw in zip(batch.column("id").to_pylist(), batch.column("result").to_pylist(), strict=True):
-                doc = next(documents)
+                doc = next(documents, None)
                 result = json.loads(raw)
-                if doc.id != doc_id or result["digest"] != _text_digest(doc.text):
-                    raise RuntimeError(f"Ray returned document {doc_id!r} where the input has {doc.id!r} (or another "
-                                       "text): the input changed during the run, or Ray read it otherwise")
+                if doc is None or doc.id != doc_id or result["digest"] != _text_digest(doc.text):
+                    where = "no more documents" if doc is None else f"{doc.id!r} (or another text)"
+                    raise RuntimeError(f"Ray returned document {doc_id!r} where the input has {where}: the input "
+                                       "changed during the run, or Ray read it otherwise")
                 if "fatal" in result:
                     if result["fatal"] == "unavailable":
                         raise ModelUnavailable(result["model"], result["cause"])

@@ -21,7 +21,7 @@ from agents.annotator import annotate_document
 from agents.cache import open_cache
 from agents.models import ModelHandle, chat_model, parse_model_spec
 from agents.models.preflight import PROBE_PROMPT
-from annotation.ray_backend import annotate_with_ray, pool_shape
+from annotation.ray_backend import AnnotationJob, annotate_text, annotate_with_ray, pool_shape
 from corpus.io import CorpusDocument, read_documents, write_jsonl
 from state.errors import InputError
 from state.models import Document, EntityType, TaskConfiguration
@@ -125,6 +125,41 @@ def test_pool_splits_the_concurrency_evenly():
     assert pool_shape(2, 16) == (2, 1)
     with pytest.raises(ValueError):
         pool_shape(0, 2)
+
+
+def test_a_long_document_is_annotated_in_chunks_and_merged(monkeypatch):
+    """The per-document work each actor does (annotate_text): chunks cut, asked one by one, spans mapped back to the
+    document, kept once where chunks overlap, written with the dataset's labels; a failing chunk fails the
+    document, named."""
+    import re
+
+    from annotation.chunks import plan_chunks
+    from tests.servers import CAPITALISED
+
+    def person_words(body):
+        document = document_in(prompt_of(body))
+        if "Kohl" in document:
+            return "no JSON here"
+        return {"entities": [{"text": w, "type": "PER"} for w in re.findall(CAPITALISED, document)]}
+
+    text = ("Angela spoke at noon. Boris listened there. Nobody else came in. Helmut left early. "
+            "Moscow was quiet then. Paris was not.")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
+    with OpenAICompatServer(person_words, models=[MODEL]) as server:
+        spec = parse_model_spec(f"openai:{MODEL}", base_url=server.base_url)
+        job = AnnotationJob(spec=spec, configuration=configuration(), labels=LABELS, round_=1, chunk_chars=40,
+                            per_actor=1, cache_dir=None, use_cache=False)
+        chunks = plan_chunks(text, 40)
+        assert len(chunks) >= 3 and any(a.end > b.start for a, b in zip(chunks, chunks[1:]))  # overlapping
+        result = asyncio.run(annotate_text(ModelHandle(chat_model, spec), job, "long", text, None))
+        asked = [document_in(prompt_of(e.body)) for e in server.chat_requests() if "<document>" in prompt_of(e.body)]
+        failed = asyncio.run(annotate_text(ModelHandle(chat_model, spec), job, "kohl", text + " Kohl too.", None))
+    assert asked == [c.substring(text) for c in chunks]  # each chunk asked once, in order
+    expected = [[m.start(), m.end(), "person"] for m in re.finditer(CAPITALISED, text)]
+    assert result["status"] == "ok" and result["spans"] == expected
+    assert result["usage"]["calls"] == len(chunks) + 1  # the chunks and the preflight probe
+    assert failed["status"] == "failed" and re.match(r"chunk \d+ of \d+: unusable answer", failed["reason"])
+    assert failed["raw"] == "no JSON here"
 
 
 def test_a_missing_ray_names_the_extra(tmp_path, monkeypatch):
