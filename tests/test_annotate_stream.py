@@ -445,6 +445,9 @@ def test_bad_outputs_and_options_are_exit_2_before_any_call(tmp_path, capsys, lo
     code, err = annotate(capsys, run_dir, docs, out, "--resume")
     assert code == 2 and "no ledger" in err
     assert out.read_text() == "not ours\n"
+    Path(f"{out}.ledger.sqlite").write_bytes(b"this is no SQLite file, only some text " * 100)
+    code, err = annotate(capsys, run_dir, docs, out, "--resume")
+    assert code == 2 and "the ledger cannot be read" in err, err
     assert server.requests() == []
 
 
