@@ -231,7 +231,7 @@ def _runtime_env(spec: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _ray_runtime(ray: Any, address: str | None, spec: Any) -> Iterator[str | None]:
+def _ray_runtime(ray: Any, address: str | None) -> Iterator[str | None]:
     """A Ray runtime for the run: the cluster at `address`, else a private local one; shut down at the end (one
     that was already running in this process is used and left running)."""
     if ray.is_initialized():
@@ -239,8 +239,8 @@ def _ray_runtime(ray: Any, address: str | None, spec: Any) -> Iterator[str | Non
         return
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, runtime_env=_runtime_env(spec), **options)
-    else:  # local workers inherit the driver's environment
+        ray.init(address=address, **options)
+    else:
         ray.init(address="local", num_cpus=LOCAL_CPUS, include_dashboard=False, **options)
     try:
         yield address
@@ -352,6 +352,7 @@ def annotate_with_ray(
     limit: int | None = None,
     actors: int | None = None,
     log: Callable[[str], None] | None = None,
+    scan: Any = None,
 ) -> RayReport:
     """Annotate the documents of `input_path` with `spec` under `configuration` on Ray Data and write them to
     `output_path` in input order, as the local backend writes them (see the module docstring).
@@ -360,15 +361,16 @@ def annotate_with_ray(
     requests in flight over the whole pool; `call_cache` uses the persistent call cache in `cache_dir` for a
     temperature-0 model; `fmt` is an `annotation.exports` format; `address` (default: ``RAY_ADDRESS``) names a Ray
     cluster; `chunk_chars` annotates longer documents in chunks; `limit` takes only the first documents; `actors`
-    bounds the pool (default: the cluster's CPUs); `log` gets progress lines (default: stderr). Raises InputError for
-    bad input (nothing called) or a missing ``ray`` (naming the extra), ModelUnavailable when the model cannot be
-    reached."""
+    bounds the pool (default: the cluster's CPUs); `log` gets progress lines (default: stderr, after the command's
+    name); `scan` is the caller's `annotation.stream.scan_input` of the same JSONL or CoNLL input (else it is scanned
+    here; the reader's warnings are the caller's to print). Raises InputError for bad input (nothing called) or a
+    missing ``ray`` (naming the extra), ModelUnavailable when the model cannot be reached."""
     from agents.cache import default_cache_dir
     from annotation.exports import FORMATS, open_writer
     from annotation.stream import FailuresFile, iter_documents, scan_input
 
     started = time.perf_counter()
-    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    say = log or (lambda message: print(f"diziner annotate: {message}", file=sys.stderr, flush=True))
     concurrency = spec.concurrency if concurrency is None else concurrency
     for name, value in (("concurrency", concurrency), ("limit", limit), ("actors", actors),
                         ("chunk_chars", chunk_chars)):
@@ -384,11 +386,8 @@ def annotate_with_ray(
     if source.is_dir():
         raise InputError("cannot read file: Is a directory", path=str(input_path))
     parquet = _ParquetInput(source) if source.is_file() and _is_parquet(source) else None
-    scan = None
-    if parquet is None:
+    if parquet is None and (scan is None or Path(scan.path).absolute() != source):
         scan = scan_input(source)
-        for message in scan.stats.warnings(input_path):
-            say(f"diziner annotate: warning: {message}")
     count = parquet.documents if parquet is not None else scan.documents
     total = count if limit is None else min(count, limit)
     if total == 0:
@@ -416,7 +415,7 @@ def annotate_with_ray(
             read_from, read_count = staged, total
         else:
             read_from, read_count = source, count
-        with _ray_runtime(ray, address, spec):
+        with _ray_runtime(ray, address):
             cpus = int(ray.cluster_resources().get("CPU", LOCAL_CPUS))
             n_actors, per_actor = pool_shape(concurrency, min(actors or max(1, cpus), total))
             report.actors, report.per_actor = n_actors, per_actor
@@ -426,7 +425,7 @@ def annotate_with_ray(
             blocks = max(1, min(read_count, max(4 * n_actors, math.ceil(read_count / BLOCK_DOCUMENTS))))
             dataset = _dataset(ray, read_from, parquet is not None, blocks, total if total < read_count else None,
                                job, n_actors)
-            say(f"diziner annotate: {total} document(s) with {spec.name} on Ray "
+            say(f"{total} document(s) with {spec.name} on Ray "
                 f"({address or 'a local runtime'}: {n_actors} actor(s) x {per_actor} in flight)")
             with warnings.catch_warnings():  # a corpus of fewer blocks than actors is no fault
                 warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
@@ -457,9 +456,10 @@ def _dataset(ray: Any, path: Path, parquet: bool, blocks: int, limit: int | None
                                      file_extensions=None)
     if limit is not None:
         dataset = dataset.limit(limit)
+    env = _runtime_env(job.spec)  # the actors' own: a Ray runtime started before the variables were set has none
     return dataset.map_batches(
         _Annotator, fn_constructor_args=(job,), batch_size=job.per_actor,
-        compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=ACTOR_CPUS,
+        compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=ACTOR_CPUS, **({"runtime_env": env} if env else {}),
     )
 
 
@@ -521,7 +521,7 @@ def _write_results(dataset: Any, documents: Iterator[CorpusDocument], total: int
             if now - last_line >= LOG_EVERY_S:
                 last_line = now
                 rate = report.documents / max(now - started, 1e-9)
-                say(f"diziner annotate: {report.documents}/{total} documents, {report.failed} failed, "
+                say(f"{report.documents}/{total} documents, {report.failed} failed, "
                     f"{rate:.1f} docs/s")
         for earlier in held:
             write(*earlier)

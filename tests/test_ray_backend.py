@@ -80,8 +80,8 @@ def first_asks(server) -> Counter:
 def ray_runtime():
     """One local Ray runtime for the module (annotate_with_ray uses a running one and leaves it running)."""
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OPENAI_API_KEY": "sk-loopback"}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # workers get no key: the
+    # tests set it after this, so the actors have it only through the runtime environment annotate_with_ray gives
     yield ray
     ray.shutdown()
 
@@ -190,7 +190,7 @@ def test_ray_equals_the_local_path_each_document_once_and_a_cached_rerun_sends_n
     assert first_asks(server) == Counter(r["text"] for r in records)
     assert report.actors == 2 and report.per_actor == 4
     assert report.per_actor < server.peak_concurrency <= 8  # both actors at work at once, never past the limit
-    assert lines[0].startswith("diziner annotate: 200 document(s) with openai:loopback-model on Ray")
+    assert lines[0].startswith("200 document(s) with openai:loopback-model on Ray")
     assert report.documents == 200 and report.ok + report.failed == 200 and report.failed >= 1
     sent = len(server.chat_requests())
     probes = sum(PROBE_PROMPT in prompt_of(e.body) for e in server.chat_requests())
@@ -219,6 +219,36 @@ def test_ray_equals_the_local_path_each_document_once_and_a_cached_rerun_sends_n
     assert out.read_bytes() == expected
     assert again.usage.calls == 0 and again.usage.cache_hits == sent - probes
     assert not any(p.name.startswith(".pred.jsonl.ray-") for p in tmp_path.iterdir())  # the work directory removed
+
+
+@pytest.mark.integration
+def test_the_cli_with_backend_ray_writes_the_local_backends_bytes(tmp_path, ray_runtime, server, monkeypatch, capsys):
+    from cli.main import main
+    from tests.test_annotate_stream import make_run
+
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
+    run = make_run(tmp_path / "run", {"name": f"openai:{MODEL}", "concurrency": 4})
+    records = documents(60)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    local, via_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    command = ["annotate", "--run", str(run), "--docs", str(docs)]
+
+    assert main([*command, "--out", str(local), "--cache-dir", str(tmp_path / "local-cache")]) == 0
+    assert first_asks(server) == Counter(r["text"] for r in records)
+    server.log.clear()
+    capsys.readouterr()
+    assert main([*command, "--out", str(via_ray), "--backend", "ray", "--cache-dir", str(tmp_path / "ray-cache")]) == 0
+    err = capsys.readouterr().err
+
+    assert first_asks(server) == Counter(r["text"] for r in records)
+    assert via_ray.read_bytes() == local.read_bytes() and len(local.read_bytes().splitlines()) == 59
+    failed = [json.loads(ln) for ln in Path(f"{via_ray}.failures.jsonl").read_text().splitlines()]
+    assert failed == [json.loads(ln) for ln in Path(f"{local}.failures.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failed] == ["d00042"]
+    assert "diziner annotate: 60 document(s) with openai:loopback-model on Ray (a local runtime" in err
+    assert "diziner annotate: diziner annotate" not in err
 
 
 @pytest.mark.integration
