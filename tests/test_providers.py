@@ -122,7 +122,7 @@ def test_an_unreachable_server_stops_the_run_and_resume_continues(tmp_path, pool
     assert summary.get("status") != "finished" and (out / "run.json").is_file()
     openai_server(capitalised_entities, models=MODELS, port=port)  # the server is back
     forget_checks()
-    assert main(["refine", "--resume", str(out)]) == 0
+    assert main(["refine", "--resume", str(out), "--timeout", "120"]) == 0  # call options may change on resume
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agents.cache import CachedReply, CallCache, cache_key
+from agents.models.clients import endpoint
 from agents.models.errors import CallError, Failure, classify
 from agents.models.preflight import ensure_checked
 from agents.models.spec import ModelSpec
@@ -82,7 +83,7 @@ def _key_parts(spec: ModelSpec, schema: type[BaseModel]) -> tuple[str, str] | No
     slot = "\x00messages\x00"
     sampling = {"temperature": spec.temperature, "max_tokens": spec.max_tokens,
                 "frequency_penalty": spec.profile.frequency_penalty, "context_window": spec.context_window}
-    payload = {"model": spec.name, "base_url": spec.base_url, "sampling": sampling, "mode": spec.output,
+    payload = {"model": spec.name, "base_url": endpoint(spec), "sampling": sampling, "mode": spec.output,
                "schema": _schema_json(schema), "messages": slot}
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
     head, found, tail = text.partition(json.dumps(slot))
