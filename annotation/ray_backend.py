@@ -29,11 +29,14 @@ Where Ray runs: without ``address`` (and without ``RAY_ADDRESS`` in the environm
 started (``LOCAL_CPUS`` CPUs, no dashboard) and shut down at the end; with one, the command joins that cluster as its
 driver: ``head:6379`` (the GCS address ``ray start --head`` prints) or ``auto``, from a machine of the cluster (the
 head node, or through ``ray job submit``). Ray Client addresses (``ray://``) are refused: Ray Data does not run
-through Ray Client. On a cluster every node needs this package installed, the input and the output's directory must
-be on a file system every node mounts, and the workers get the environment variables the model needs (its key
+through Ray Client. On a cluster every node needs this package installed, and the input must be on a file system
+every node mounts (for a CoNLL input, the output's directory too: the converted records are read from there; the
+output itself is written by the driver). The actors get the environment variables the model needs (its key
 variable, ``OPENAI_BASE_URL``/``OLLAMA_HOST``, ``DIZINER_CACHE_DIR``, LangSmith's) from the driver's environment
-through the job's runtime environment. Each node's workers use the call cache in ``cache_dir`` (default: the
-workers' own default cache directory on a cluster, the driver's locally).
+through the actor pool's runtime environment (locally too: a Ray runtime already running in the process may have
+started before they were set). Each node's workers use the call cache in ``cache_dir`` (default: the workers' own
+default cache directory on a cluster, the driver's locally). A local backend's ledger beside the output
+(``<out>.ledger.sqlite``) is removed when the output is written anew, so a later ``--resume`` cannot trust it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """`annotation.ray_backend`: the local backend's annotation on Ray Data, checked against the loopback
 OpenAI-compatible server's request log and against the local path computed in this process.
 
-The Ray tests share one local Ray runtime (started once for the module: about 8 s on 2 cores) and a loopback server
-in its own process; what they check is what a user sees: the output file's bytes, the failures file, the server's
-requests and the reported usage.
+The Ray tests (integration: about 70 s in all on a loaded 2-core machine) share one local Ray runtime, started once for
+the module before any test sets the model's key, so the actors have it only if annotate_with_ray forwards it; each
+starts a loopback server in a thread. What they check is what a user sees: the output file's bytes, the failures
+file, the server's request log and the reported usage. The fast tests need no Ray runtime.
 """
 
 from __future__ import annotations
@@ -213,10 +214,12 @@ def test_ray_equals_the_local_path_each_document_once_and_a_cached_rerun_sends_n
     # a rerun with the same cache: no request at all (not even a preflight), the same bytes
     before = len(server.chat_requests())
     out.write_bytes(b"stale")
+    stale_ledger = Path(f"{out}.ledger.sqlite")  # a local run's ledger of the output being replaced
+    stale_ledger.write_bytes(b"ledger")
     again = annotate_with_ray(source, out, spec, configuration(), LABELS, round_=3, concurrency=8, cache_dir=cache,
                               log=lines.append)
     assert len(server.chat_requests()) == before
-    assert out.read_bytes() == expected
+    assert out.read_bytes() == expected and not stale_ledger.exists()
     assert again.usage.calls == 0 and again.usage.cache_hits == sent - probes
     assert not any(p.name.startswith(".pred.jsonl.ray-") for p in tmp_path.iterdir())  # the work directory removed
 
