@@ -397,7 +397,7 @@ class Job:
     mark: dict[str, Any] | None = None  # the writer's mark after the last document written
     held: list[tuple[Item, Any]] = field(default_factory=list)  # transport failures not written yet
     spent_before: float = 0.0  # USD the ledger's earlier sessions spent
-    usage: Any = None  # this session's tokens
+    spent_now: float = 0.0  # USD this session spent
 
     def __post_init__(self) -> None:
         from annotation.ledger import configuration_hash
@@ -427,13 +427,12 @@ class Job:
         from agents.cache import open_cache
         from annotation.exports import open_writer
         from annotation.stream import FailuresFile, run_in_order
-        from state.graph_state import TokenUsage
 
         started = time.perf_counter()
         self.ledger = ledger
         before = ledger.totals()
         self.spent_before = _cost(self.spec, before.usage)
-        self.usage = TokenUsage()
+        self.spent_now = 0.0
         rebuild = self.retry_failed or not self.resuming
         if not rebuild and ledger.mark is not None and not self.out.exists():
             _say(f"{PROG}: {self.out} is missing: writing it again from the ledger")
@@ -520,7 +519,7 @@ class Job:
         return not (spent + (in_flight + 1) * mean > self.budget or (spent > 0 and spent >= self.budget))
 
     def spent(self) -> float:
-        return self.spent_before + _cost(self.spec, self.usage)
+        return self.spent_before + self.spent_now
 
     # ------------------------------------------------------------------ writing
 
@@ -533,8 +532,9 @@ class Job:
             self.release_held()
             self.write(item, result.entry, replay=True)
             return
-        self.usage = self.usage.add(result.usage)
-        self.progress.used(result.usage)
+        cost = _cost(self.spec, result.usage) if self.spec.price is not None else 0.0
+        self.spent_now += cost
+        self.progress.used(result.usage, cost)
         if result.status != "ok" and result.error in ("transport", "timeout"):
             self.held.append((item, result))
             if len(self.held) >= max(UNREACHABLE_AFTER, self.spec.concurrency):
@@ -668,7 +668,6 @@ class Caller:
     async def annotate(self, item: Item) -> Result:
         """The document's result: its spans with the dataset's labels, or why it failed."""
         from annotation.ledger import request_id
-        from state.graph_state import TokenUsage
 
         job, doc = self.job, item.doc
         text = doc.text
@@ -677,13 +676,13 @@ class Caller:
             from annotation.chunks import plan_chunks
 
             pieces = plan_chunks(text, job.chunk_chars)
-        usage = TokenUsage()
+        usage = None
         requests: list[dict[str, Any]] = []
         found = []
         for chunk in pieces:
             part = text if chunk is None else chunk.substring(text)
             output, used, key = await self.call(doc.id, part, chunk)
-            usage = usage.add(used)
+            usage = used if usage is None else usage.add(used)
             where = {} if chunk is None else {"chunk": chunk.index, "start": chunk.start, "end": chunk.end}
             rid = request_id(doc.id, None if chunk is None else chunk.index, self.spec.name, job.configuration_hash)
             requests.append({**where, "request_id": rid, "cache_key": key})
@@ -766,7 +765,9 @@ class Progress:
         self.failed = 0
         self.session_done = 0
         self.spec = spec
-        self.usage = before.usage if before is not None else TokenUsage()
+        usage = before.usage if before is not None else TokenUsage()
+        self.tokens = usage.input_tokens + usage.output_tokens
+        self.cost = _cost(spec, usage) if spec.price is not None else 0.0
         self.started = time.perf_counter()
         self.last_line = self.started
         self.live = sys.stderr.isatty()
@@ -792,8 +793,9 @@ class Progress:
             self._bar.__exit__(*exc)
             self._bar = None
 
-    def used(self, usage: Any) -> None:
-        self.usage = self.usage.add(usage)
+    def used(self, usage: Any, cost: float) -> None:
+        self.tokens += usage.input_tokens + usage.output_tokens
+        self.cost += cost
 
     def written(self, entry: Any) -> None:
         self.done += 1
@@ -814,9 +816,8 @@ class Progress:
         rate = self.session_done / elapsed
         left = self.total - self.done
         eta = f", ETA {_duration(left / rate)}" if rate > 0 and left > 0 else ""
-        u = self.usage
-        cost = f", ${_cost(self.spec, u):.4f}" if self.spec.price else ""
-        return (f"{self.failed} failed, {rate:.1f} docs/s{eta}, {u.input_tokens + u.output_tokens} tokens{cost}")
+        cost = f", ${self.cost:.4f}" if self.spec.price else ""
+        return f"{self.failed} failed, {rate:.1f} docs/s{eta}, {self.tokens} tokens{cost}"
 
 
 def _duration(seconds: float) -> str:

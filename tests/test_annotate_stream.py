@@ -360,11 +360,11 @@ def test_a_server_that_goes_away_mid_run_stops_it_and_resume_finishes(tmp_path, 
     second = loopback()
     code, err = annotate(capsys, run_dir, docs, out, "--resume")
     assert code == 0, err
+    text_of = {json.loads(ln)["id"]: json.loads(ln)["text"] for ln in docs.read_text().splitlines()}
+    assert not {text_of[i] for i in done} & set(documents_requested(second))
     clean = tmp_path / "clean.jsonl"
     assert annotate(capsys, run_dir, docs, clean)[0] == 0
     assert out.read_bytes() == clean.read_bytes()
-    text_of = {json.loads(ln)["id"]: json.loads(ln)["text"] for ln in docs.read_text().splitlines()}
-    assert not {text_of[i] for i in done} & set(documents_requested(second))
 
 
 # ---------------------------------------------------------------- budget
@@ -507,7 +507,7 @@ def test_streamed_documents_equal_the_corpus_reader(tmp_path):
         scan_input(duplicate)
 
 
-def test_request_keys_and_prompts_equal_the_call_layers():
+def test_request_keys_and_prompts_equal_the_call_layers(monkeypatch):
     from agents.annotator import fit_annotator_prompt, schema_for
     from agents.cache import cache_key
     from agents.models.bulk import request_key
@@ -516,8 +516,13 @@ def test_request_keys_and_prompts_equal_the_call_layers():
 
     definition = TaskDefinition.from_yaml(TASK)
     configuration = configuration_for(definition, Guideline(), MODEL)
-    for settings in ({"name": MODEL}, {"name": MODEL, "base_url": "http://h/v1", "temperature": 0.3, "output": "json"},
-                     {"name": "openai:x", "profile": "small", "context_window": 4096}):
+    for settings, env in (({"name": MODEL}, None), ({"name": MODEL}, "http://127.0.0.1:9/v1"),
+                          ({"name": MODEL, "base_url": "http://h/v1", "temperature": 0.3, "output": "json"}, "http://x"),
+                          ({"name": "openai:x", "profile": "small", "context_window": 4096}, None)):
+        if env is None:
+            monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+        else:
+            monkeypatch.setenv("OPENAI_BASE_URL", env)
         spec = ModelSpec.model_validate(settings).for_role("annotator")
         schema = schema_for(spec, tuple(t.name for t in configuration.schema_))
         for turns in (["un été à Zürich \"quoted\" </document>"], ["a", "b", "c"]):

@@ -68,7 +68,7 @@ def request_key(spec: ModelSpec, schema: type[BaseModel], turns: list[str]) -> s
     `agents.cache.cache_key` of the same request, with the parts that do not change between requests serialised
     once per model and schema (checked against `cache_key` itself; where they would differ, it is called)."""
     messages = _messages(turns)
-    parts = _key_parts(spec, schema)
+    parts = _key_parts(spec, schema, endpoint(spec))
     if parts is None:
         return cache_key(spec, _schema_json(schema), spec.output, messages)
     head, tail = parts
@@ -77,13 +77,14 @@ def request_key(spec: ModelSpec, schema: type[BaseModel], turns: list[str]) -> s
 
 
 @lru_cache(maxsize=64)
-def _key_parts(spec: ModelSpec, schema: type[BaseModel]) -> tuple[str, str] | None:
-    """The JSON text `cache_key` hashes, split around its messages (the only part that changes per request), or
-    None when this split no longer gives `cache_key`'s result."""
+def _key_parts(spec: ModelSpec, schema: type[BaseModel], where: str | None) -> tuple[str, str] | None:
+    """The JSON text `cache_key` hashes for requests going to `where` (`agents.models.clients.endpoint`: it depends
+    on the environment, so it is part of this function's cache key), split around its messages (the only part that
+    changes per request), or None when this split no longer gives `cache_key`'s result."""
     slot = "\x00messages\x00"
     sampling = {"temperature": spec.temperature, "max_tokens": spec.max_tokens,
                 "frequency_penalty": spec.profile.frequency_penalty, "context_window": spec.context_window}
-    payload = {"model": spec.name, "base_url": endpoint(spec), "sampling": sampling, "mode": spec.output,
+    payload = {"model": spec.name, "base_url": where, "sampling": sampling, "mode": spec.output,
                "schema": _schema_json(schema), "messages": slot}
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
     head, found, tail = text.partition(json.dumps(slot))
