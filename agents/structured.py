@@ -203,11 +203,24 @@ async def _ask(model, spec, schema, prompt, config, cache, salvage=None) -> Stru
             return model
 
     child = {k: v for k, v in (config or {}).items() if k not in ("run_name",)} if config else None
+
+    async def complete(turns: list[str], round_trip: int) -> Any:
+        return await _complete(model_now, spec, schema, turns, child, cache)
+
+    return await answer_policy(complete, spec, schema, prompt, salvage)
+
+
+async def answer_policy(complete: Any, spec: ModelSpec, schema: type[BaseModel], prompt: str,
+                        salvage: Any = None) -> StructuredAnswer:
+    """The answer policy every call path shares: read the reply tolerantly; salvage it when the caller can; a complete
+    reply that does not fit gets one re-ask quoting the error; an answer cut at the cap is asked again only of a
+    sampling model. `complete(turns, round_trip)` returns a reply (`.text`, `.truncated`, `.usage`, `.attempts`) or
+    raises CallError."""
     turns = [prompt]
-    usage, attempts, raw = TokenUsage(), 0, None
+    usage, attempts, raw, error = TokenUsage(), 0, None, ""
     for round_trip in range(2):
         try:
-            reply = await _complete(model_now, spec, schema, turns, child, cache)
+            reply = await complete(turns, round_trip)
         except CallError as exc:
             usage = usage.add(exc.usage or TokenUsage())
             attempts += 1 if exc.usage is None else exc.usage.calls

@@ -61,6 +61,7 @@ from pydantic import BaseModel
 
 from agents.annotator import fit_annotator_prompt, schema_for
 from agents.cache import CachedReply, CallCache, cache_key
+from agents.models.clients import endpoint, openai_key
 from agents.models.errors import ModelUnavailable, _status_kind, classify
 from agents.models.prices import ModelPrice, cost_usd
 from agents.models.spec import ModelSpec
@@ -710,20 +711,14 @@ class BatchAnnotation:
     # ------------------------------------------------------------------ the client, the state, the index
 
     def _base_url(self) -> str | None:
-        return self.spec.base_url or os.environ.get("OPENAI_BASE_URL") or None
+        return endpoint(self.spec)
 
     def client(self) -> Any:
         """The openai client (the key read here: a missing one is an InputError)."""
         if self._client is None:
             import openai
 
-            key_env = self.spec.api_key_env or "OPENAI_API_KEY"
-            key = os.environ.get(key_env)
-            if not key:
-                raise InputError(
-                    f"model {self.spec.name!r} needs an API key in the environment variable {key_env}: set it, or "
-                    f"name another variable with api_key_env in the run file")
-            self._client = openai.OpenAI(api_key=key, base_url=self._base_url(), timeout=self.spec.timeout,
+            self._client = openai.OpenAI(api_key=openai_key(self.spec), base_url=self._base_url(), timeout=self.spec.timeout,
                                          max_retries=0)  # a repeated create could pay twice: no silent retries
         return self._client
 

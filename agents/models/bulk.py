@@ -19,18 +19,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel
 
 from agents.cache import CachedReply, CallCache, cache_key
-from agents.models.clients import endpoint
+from agents.models.clients import endpoint, openai_key
 from agents.models.errors import CallError, Failure, classify
 from agents.models.preflight import ensure_checked
 from agents.models.spec import ModelSpec
-from agents.replies import read_reply, reask_message
 from state.errors import InputError
 from state.graph_state import TokenUsage
 
@@ -122,17 +120,9 @@ class DirectCaller:
         if self._client is None:
             import openai
 
-            key_env = self.spec.api_key_env or "OPENAI_API_KEY"
-            key = os.environ.get(key_env)
-            if not key:
-                raise InputError(
-                    f"model {self.spec.name!r} needs an API key in the environment variable {key_env}: set it "
-                    f"(any non-empty value for a local OpenAI-compatible server), or name another variable "
-                    f"with api_key_env in the run file"
-                )
             self._client = openai.AsyncOpenAI(
-                api_key=key,
-                base_url=self.spec.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+                api_key=openai_key(self.spec),
+                base_url=endpoint(self.spec),
                 timeout=self.spec.timeout,
                 max_retries=0,  # retries are ours, within the call's deadline
             )
@@ -179,35 +169,12 @@ class DirectCaller:
 
     async def _ask(self, schema: type[BaseModel], prompt: str, cache: CallCache | None, key: str,
                    salvage: Any = None) -> Any:
-        from agents.structured import StructuredAnswer
+        from agents.structured import answer_policy
 
-        spec = self.spec
-        turns = [prompt]
-        usage, attempts, raw = TokenUsage(), 0, None
-        error = ""
-        for round_trip in range(2):
-            try:
-                reply = await self._complete(schema, turns, cache, key if round_trip == 0 else None)
-            except CallError as exc:
-                usage = usage.add(exc.usage or TokenUsage())
-                attempts += 1 if exc.usage is None else exc.usage.calls
-                return StructuredAnswer(None, usage, f"after {max(attempts, 1)} attempt{'s' if attempts != 1 else ''}:"
-                                        f" {exc.failure.message}", raw, attempts, exc.failure)
-            usage, attempts, raw = usage.add(reply.usage), attempts + reply.attempts, reply.text
-            parsed, error = read_reply(reply.text, schema)
-            if parsed is not None:
-                return StructuredAnswer(parsed, usage, "", raw, attempts)
-            rescued = salvage(reply.text) if salvage is not None and not reply.truncated else None
-            if rescued is not None:
-                return StructuredAnswer(rescued[0], usage, "", raw, attempts, salvaged=rescued[1])
-            if reply.truncated:
-                error = f"answer cut at the output cap ({spec.max_tokens} tokens): {error}"
-                if spec.deterministic or round_trip == 1:
-                    break
-                continue  # a sampling model may finish next time: ask again, the same prompt
-            if round_trip == 0:
-                turns = [prompt, reply.text, reask_message(error)]
-        return StructuredAnswer(None, usage, f"unusable answer: {error}"[:500], raw, attempts)
+        async def complete(turns: list[str], round_trip: int) -> _Reply:
+            return await self._complete(schema, turns, cache, key if round_trip == 0 else None)
+
+        return await answer_policy(complete, self.spec, schema, prompt, salvage)
 
     async def _complete(self, schema: type[BaseModel], turns: list[str], cache: CallCache | None,
                         key: str | None) -> _Reply:

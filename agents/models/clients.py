@@ -19,7 +19,7 @@ from state.errors import InputError
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-__all__ = ["ModelHandle", "chat_model", "clear_cache", "endpoint", "named_chat_model"]
+__all__ = ["ModelHandle", "chat_model", "clear_cache", "endpoint", "named_chat_model", "openai_key"]
 
 # spec -> (model, embedded server URL it was built for, or None)
 _cache: dict[tuple[ModelSpec, tuple[str | None, ...]], tuple[BaseChatModel, str | None]] = {}
@@ -117,7 +117,8 @@ def _require(package: str) -> NoReturn:
     raise InputError(f"the Python package {package!r} is not installed; run `make install`")
 
 
-def _build_openai(spec: ModelSpec) -> BaseChatModel:
+def openai_key(spec: ModelSpec) -> str:
+    """The key of an OpenAI-compatible model, read now; a missing one is an InputError naming its variable."""
     key_env = spec.api_key_env or "OPENAI_API_KEY"
     key = os.environ.get(key_env)
     if not key:
@@ -126,6 +127,11 @@ def _build_openai(spec: ModelSpec) -> BaseChatModel:
             f"(any non-empty value for a local OpenAI-compatible server), or name another variable "
             f"with api_key_env in the run file"
         )
+    return key
+
+
+def _build_openai(spec: ModelSpec) -> BaseChatModel:
+    key = openai_key(spec)
     try:
         from langchain_openai import ChatOpenAI
     except ImportError:
