@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from state.inputs import describe_validation_error
+
 EXCERPT_CHARS = 70  # how much of a reply an error message quotes
 MAX_LISTED_ERRORS = 6  # validation errors listed in an error text; the rest are counted
 
@@ -254,18 +256,8 @@ def parse_reply(reply: str | None) -> dict[str, Any]:
 
 
 def validation_errors(exc: ValidationError) -> str:
-    """A compact one-line list of a Pydantic validation's errors: 'entities.0.type: <message> (got 'X'); ...'."""
-    errors = exc.errors(include_url=False)
-    parts = []
-    for err in errors[:MAX_LISTED_ERRORS]:
-        where = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-        got = ""
-        if err.get("type") != "missing":
-            got = f" (got {_clip(json.dumps(err.get('input'), ensure_ascii=False, default=str), 40)})"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}{got}")
-    if len(errors) > MAX_LISTED_ERRORS:
-        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more")
-    return "; ".join(parts)
+    """A compact one-line list of a validation's errors for the re-ask: 'entities[0].type: <message> (got "X"); ...'."""
+    return describe_validation_error(exc, limit=MAX_LISTED_ERRORS, show_input=True)
 
 
 def validate_reply(data: dict[str, Any], schema: type[BaseModel]) -> tuple[BaseModel | None, str]:

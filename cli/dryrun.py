@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.models import ModelSpec, RunModels
+from agents.models.preflight import is_checked
 from agents.models.prices import cost_usd
 from state.graph_state import Guideline, TokenUsage
 
@@ -124,7 +125,7 @@ def plan_refine(task: Any, texts: Sequence[str], models: RunModels, ctx: Any, ca
         plan.of(sup).add(calls, calls * prompt_tokens, calls * (sup.max_tokens or 0))
     checked = {}
     for spec in [*models.annotators, sup]:
-        if spec.provider != "embedded":
+        if is_checked(spec):
             checked.setdefault((spec.provider, spec.model, spec.base_url, spec.api_key_env), spec)
     for spec in checked.values():
         mp = plan.of(spec)

@@ -19,13 +19,20 @@ __all__ = ["describe_validation_error", "load_yaml", "validate_yaml"]
 M = TypeVar("M", bound=BaseModel)
 
 
-def describe_validation_error(exc: ValidationError, prefix: str = "", names: Mapping[str, str] | None = None) -> str:
+def describe_validation_error(
+    exc: ValidationError, prefix: str = "", names: Mapping[str, str] | None = None, *, limit: int | None = None,
+    show_input: bool = False,
+) -> str:
     """Pydantic's errors as one readable clause each: 'annotators[1].temperature: Input should be ...'.
 
-    `prefix` goes before field errors; `names` renames top-level fields (a context field to its command-line flag).
+    `prefix` goes before field errors; `names` renames top-level fields (a context field to its command-line flag);
+    `limit` lists at most that many ('and N more'); `show_input` quotes each offending value ('(got "CITY")').
     """
+    import json
+
+    errors = exc.errors(include_url=False)
     parts = []
-    for err in exc.errors():
+    for err in errors[:limit] if limit else errors:
         loc = list(err.get("loc", ()))
         if names and loc and isinstance(loc[0], str) and loc[0] in names:
             loc[0] = names[loc[0]]
@@ -38,7 +45,12 @@ def describe_validation_error(exc: ValidationError, prefix: str = "", names: Map
         elif err.get("type") == "missing":
             msg = "required"
         msg = msg.removeprefix("Value error, ")
+        if show_input and err.get("type") != "missing":
+            got = json.dumps(err.get("input"), ensure_ascii=False, default=str)
+            msg += f" (got {got if len(got) <= 40 else got[:39] + '…'})"
         parts.append(f"{prefix}{field}: {msg}" if field else msg)
+    if limit and len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
     return "; ".join(parts)
 
 

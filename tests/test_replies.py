@@ -247,8 +247,8 @@ def test_validate_reply_accepts_a_fitting_object():
 def test_validate_reply_lists_errors_compactly():
     parsed, error = validate_reply({"entities": [{"text": "Paris", "type": "CITY"}, {"type": "PER"}]}, Entities)
     assert parsed is None
-    assert "entities.0.type" in error and '(got "CITY")' in error
-    assert "entities.1.text: Field required" in error
+    assert "entities[0].type" in error and '(got "CITY")' in error
+    assert "entities[1].text: required" in error
     assert "\n" not in error
 
 
@@ -267,7 +267,7 @@ def test_read_reply_takes_the_first_object_that_fits():
 
 def test_read_reply_reports_the_first_objects_error_when_none_fits():
     parsed, error = read_reply('{"entities": [{"text": "Oslo", "type": "TOWN"}]} {"x": 1}', Entities)
-    assert parsed is None and "entities.0.type" in error
+    assert parsed is None and "entities[0].type" in error
 
 
 def test_read_reply_reports_parse_errors():

@@ -19,7 +19,7 @@ from agents.models.spec import ModelSpec
 from state.errors import InputError
 from state.graph_state import TokenUsage
 
-__all__ = ["PROBE_PROMPT", "ensure_checked", "forget_checks"]
+__all__ = ["PROBE_PROMPT", "ensure_checked", "forget_checks", "is_checked"]
 
 PROBE_PROMPT = "Reply with the word OK."
 LIST_TIMEOUT_S = 10.0
@@ -38,9 +38,14 @@ def forget_checks() -> None:
     _locks.clear()
 
 
+def is_checked(spec: ModelSpec) -> bool:
+    """Whether the model is checked before its first call (an in-process model is not: building it checks it)."""
+    return spec.provider != "embedded"
+
+
 def _endpoint(spec: ModelSpec, model: Any) -> tuple[str, dict[str, str]] | None:
     """(base URL, headers) of a real client's server; None for a model with no server to check."""
-    if spec.provider == "embedded":
+    if not is_checked(spec):
         return None  # in-process: started (and so checked) when its client was built
     if spec.provider == "openai":
         base = getattr(model, "openai_api_base", None)
