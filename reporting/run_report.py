@@ -684,6 +684,14 @@ def usage_section(run: RunData | None, bench: BenchData | None) -> str:
                 rows.append(([str(r.round), name_html(model)], u.model_dump(mode="json")))
         out.append("<h3>Per round and model</h3>")
         out.append(_usage_table(rows, ["round", "model"]) if rows else _note("not recorded"))
+        quality = [[str(r.round), name_html(name), _num(r.record.predicted_spans.get(name, 0)),
+                     _num(r.record.invented.get(name, 0)), _num(r.record.dropped_types.get(name, 0)),
+                     _num(r.record.failed.get(name, 0))]
+                    for r in run.rounds if r.record is not None for name in run.annotators]
+        if quality:
+            out.append("<h3>Answers per round and annotator</h3>")
+            out.append(_table(["round", "annotator", "spans", "invented (not in the text)", "types outside the schema",
+                               "failed documents"], quality, numeric={2, 3, 4, 5}))
         rounds = [r.round for r in run.rounds if r.record is not None]
         nodes: list[str] = []
         for r in run.rounds:

@@ -330,6 +330,7 @@ def test_run_report_in_chromium(run_dir, capsys):
     assert "sent (billed) answered by the call cache" in usage and f"{totals['input_tokens']:,}" in usage
     assert "By model" in usage and "openai:sup" in usage and "no price" in usage
     assert "supervisor" in usage and "analyze_disagreement" in usage  # per round and model, per round and node
+    assert "Answers per round and annotator" in usage and "invented (not in the text)" in usage
     assert "Annotation guideline: crossner_politics" in parsed.section("guideline")
 
 
