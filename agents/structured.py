@@ -69,6 +69,15 @@ class _Reply:
     attempts: int
 
 
+def cached_reply(cache: CallCache | None, key: str | None) -> tuple[str, bool, TokenUsage] | None:
+    """(text, cut at the cap, usage as a cache hit) of a stored reply, or None."""
+    hit = cache.get(key) if cache is not None and key is not None else None
+    if hit is None:
+        return None
+    return hit.text, hit.truncated, TokenUsage(cache_hits=1, cache_input_tokens=hit.input_tokens,
+                                               cache_output_tokens=hit.output_tokens)
+
+
 def usage_of(message: Any, prompt_chars: int) -> TokenUsage:
     """The usage a reply reports (input, cached input, output tokens); estimated from text length when absent."""
     meta = getattr(message, "usage_metadata", None) or {}
@@ -116,11 +125,9 @@ async def _complete(
     schema_json = schema.model_json_schema()
     key = cache_key(spec, schema_json, spec.output, [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
                                                      for i, t in enumerate(turns)]) if cache else None
-    if cache is not None and key is not None:
-        hit = cache.get(key)
-        if hit is not None:
-            return _Reply(hit.text, hit.truncated, TokenUsage(cache_hits=1, cache_input_tokens=hit.input_tokens,
-                                                              cache_output_tokens=hit.output_tokens), 0)
+    hit = cached_reply(cache, key)
+    if hit is not None:
+        return _Reply(*hit, 0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + spec.timeout
     model = await model_now()

@@ -65,6 +65,7 @@ from agents.models.clients import endpoint, openai_key
 from agents.models.errors import ModelUnavailable, _status_kind, classify
 from agents.models.prices import ModelPrice, cost_usd
 from agents.models.spec import ModelSpec
+from agents.models.usage import openai_usage
 from agents.replies import read_reply
 from corpus.io import CorpusDocument
 from corpus.tokens import ground
@@ -820,15 +821,7 @@ def _answer_of(line: dict[str, Any], prompt_chars: int) -> _Answer:
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             return _Answer(False, "", False, False, TokenUsage(calls=1),
                            f"the server's answer is not a chat completion: {exc!r}", "server")
-        used = body.get("usage")
-        if not used:
-            usage = TokenUsage(input_tokens=round(prompt_chars / ESTIMATE_CHARS_PER_TOKEN),
-                               output_tokens=round(len(text) / ESTIMATE_CHARS_PER_TOKEN), calls=1, estimated_calls=1)
-        else:
-            details = used.get("prompt_tokens_details") or {}
-            usage = TokenUsage(input_tokens=int(used.get("prompt_tokens") or 0),
-                               cached_input_tokens=int(details.get("cached_tokens") or 0),
-                               output_tokens=int(used.get("completion_tokens") or 0), calls=1)
+        usage = openai_usage(body.get("usage"), prompt_chars, text)
         return _Answer(True, text, reason == "length", reason == "content_filter", usage, "", "")
     error = (body or {}).get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else (line.get("error") or {})

@@ -29,6 +29,7 @@ from agents.models.clients import endpoint, openai_key
 from agents.models.errors import CallError, Failure, classify
 from agents.models.preflight import ensure_checked
 from agents.models.spec import ModelSpec
+from agents.models.usage import openai_usage
 from state.errors import InputError
 from state.graph_state import TokenUsage
 
@@ -184,12 +185,11 @@ class DirectCaller:
         messages = _messages(turns)
         if cache is not None and key is None:
             key = self.key(schema, turns)
-        if cache is not None and key is not None:
-            hit = cache.get(key)
-            if hit is not None:
-                return _Reply(hit.text, hit.truncated, TokenUsage(cache_hits=1, cache_input_tokens=hit.input_tokens,
-                                                                  cache_output_tokens=hit.output_tokens), 0)
-        from agents.structured import backoff_seconds
+        from agents.structured import backoff_seconds, cached_reply
+
+        hit = cached_reply(cache, key)
+        if hit is not None:
+            return _Reply(*hit, 0)
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + spec.timeout
@@ -302,16 +302,7 @@ def _read_completion(answer: dict[str, Any], prompt_chars: int) -> tuple[str, bo
     if not text and message.get("tool_calls"):
         text = message["tool_calls"][0]["function"]["arguments"] or ""
     reason = choice.get("finish_reason")
-    used = answer.get("usage")
-    if not used:
-        usage = TokenUsage(input_tokens=round(prompt_chars / ESTIMATE_CHARS_PER_TOKEN),
-                           output_tokens=round(len(text) / ESTIMATE_CHARS_PER_TOKEN), calls=1, estimated_calls=1)
-    else:
-        details = used.get("prompt_tokens_details") or {}
-        usage = TokenUsage(input_tokens=int(used.get("prompt_tokens") or 0),
-                           cached_input_tokens=int(details.get("cached_tokens") or 0),
-                           output_tokens=int(used.get("completion_tokens") or 0), calls=1)
-    return text, reason == "length", reason == "content_filter", usage
+    return text, reason == "length", reason == "content_filter", openai_usage(answer.get("usage"), prompt_chars, text)
 
 
 def _tracing_on() -> bool:

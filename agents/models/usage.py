@@ -9,7 +9,9 @@ from agents.models.prices import cost_usd
 from agents.models.spec import ModelSpec
 from state.graph_state import TokenUsage
 
-__all__ = ["usage_summary"]
+__all__ = ["openai_usage", "usage_summary"]
+
+ESTIMATE_CHARS_PER_TOKEN = 4.0  # usage estimate when a server reports none
 
 
 def _figures(usage: TokenUsage, price: Any) -> dict[str, Any]:
@@ -49,3 +51,15 @@ def usage_summary(usages: Iterable[tuple[str, TokenUsage]], specs: Mapping[str, 
     summary["from_cache"] = {**_from_cache(cache_total, None), "cost_usd": round(cache_cost, 6)}
     summary["unpriced"] = [n for n, f in by_model.items() if not f["priced"]]
     return summary
+
+
+def openai_usage(used: dict[str, Any] | None, prompt_chars: int, answer: str) -> TokenUsage:
+    """One request's usage from an OpenAI-style `usage` object; estimated from text length when the server gave
+    none (and counted as estimated)."""
+    if not used:
+        return TokenUsage(input_tokens=round(prompt_chars / ESTIMATE_CHARS_PER_TOKEN),
+                          output_tokens=round(len(answer) / ESTIMATE_CHARS_PER_TOKEN), calls=1, estimated_calls=1)
+    details = used.get("prompt_tokens_details") or {}
+    return TokenUsage(input_tokens=int(used.get("prompt_tokens") or 0),
+                      cached_input_tokens=int(details.get("cached_tokens") or 0),
+                      output_tokens=int(used.get("completion_tokens") or 0), calls=1)
