@@ -125,7 +125,7 @@ async def _complete(
     schema_json = schema.model_json_schema()
     key = cache_key(spec, schema_json, spec.output, [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
                                                      for i, t in enumerate(turns)]) if cache else None
-    hit = cached_reply(cache, key)
+    hit = await asyncio.to_thread(cached_reply, cache, key) if cache is not None else None  # disk: off the loop
     if hit is not None:
         return _Reply(*hit, 0)
     loop = asyncio.get_running_loop()
@@ -152,7 +152,7 @@ async def _complete(
                 usage = usage.add(used)
                 truncated = type(exc).__name__ == "LengthFinishReasonError"
                 if truncated:
-                    _store(cache, key, spec, text, used, truncated)
+                    await asyncio.to_thread(_store, cache, key, spec, text, used, truncated)
                     return _Reply(text, truncated, usage, attempt)
             else:
                 usage = usage.add(TokenUsage(calls=1))
@@ -170,7 +170,8 @@ async def _complete(
         text, _reasoning, truncated = reply_parts(message)
         used = usage_of(message, prompt_chars)
         usage = usage.add(used)
-        _store(cache, key, spec, text, used, truncated)
+        if cache is not None:
+            await asyncio.to_thread(_store, cache, key, spec, text, used, truncated)
         return _Reply(text, truncated, usage, attempt)
 
 

@@ -165,7 +165,8 @@ async def open_saver(run_dir: Path, record: RunRecord, *, serde: Any) -> AsyncIt
         import aiosqlite
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-        async with aiosqlite.connect(str(run_dir / SQLITE_FILE)) as conn:
+        # a generous busy timeout: a writer of an interrupted session (a thread still closing) may hold the lock
+        async with aiosqlite.connect(str(run_dir / SQLITE_FILE), timeout=60) as conn:
             yield AsyncSqliteSaver(conn, serde=serde)
         return
     _require_postgres()

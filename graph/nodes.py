@@ -174,8 +174,9 @@ async def annotate(task: AnnotateTask, runtime: Runtime[DizinerContext], *, mode
     total = len(task.documents)
     from agents.models.prices import cost_usd
 
+    cache = await asyncio.to_thread(call_cache, ctx, spec)  # opening it touches the disk: off the event loop
     outputs, usage = await run_annotator(
-        models, spec, task.configuration, task.documents, task.round, cache=call_cache(ctx, spec),
+        models, spec, task.configuration, task.documents, task.round, cache=cache,
         on_start=lambda doc: report_document(runtime, task.round, spec.name, "start", total),
         on_done=lambda out, used: report_document(runtime, task.round, spec.name, "done", total,
                                                   out.status != "ok", cost_usd(spec.price, used)),
@@ -318,7 +319,7 @@ async def _ask_supervisor(
     if annotator is not None:
         meta["annotator"] = annotator
     cfg = trace_config(f"{phase.value} · {spec.name}", ["supervisor", phase.value], **meta)
-    cache = call_cache(ctx, spec)
+    cache = await asyncio.to_thread(call_cache, ctx, spec)
     answer, usage = await sup.call_phase(model, spec, sup.schema_for(spec, phase), prompt, cfg, cache)
     return as_record(phase, answer), usage
 
@@ -452,6 +453,9 @@ async def organize_guidelines(state: DizinerState, runtime: Runtime[DizinerConte
     started = time.perf_counter()
     goal, _ = _supervisor_inputs(state, ctx)
     phase = SupervisorPhase.ORGANIZATION
+    from agents.screening import prompt_vocabulary
+
+    await asyncio.to_thread(prompt_vocabulary)  # the final check reads the prompt templates once: off the loop
     _, rec = _supervisor_record(state)
     drafted: list[Guideline] = []
     if rec.integration is None:
