@@ -247,3 +247,23 @@ def test_unreachable_is_raised_by_the_check_not_swallowed(openai_env):
     with pytest.raises(ModelUnavailable, match="'openai:m-a' cannot be reached"):
         asyncio.run(annotate_document(ModelHandle(chat_model, spec), spec, _configuration(),
                                       Document(id="d", text="x ."), 1))
+
+
+def test_a_429_is_retried_after_the_wait_the_server_asks_for(openai_env):
+    server = openai_env(schedule=FaultSchedule.sequence_of("ok", "429:1"))  # the preflight call, then a 429
+    spec = parse_model_spec("openai:m-a", timeout=30)
+    doc = Document(id="d", text="Barack Obama spoke .")
+    started = time.perf_counter()
+    out, usage = asyncio.run(annotate_document(ModelHandle(chat_model, spec), spec, _configuration(), doc, 1))
+    assert out.status == "ok" and time.perf_counter() - started >= 1.0  # Retry-After: 1 was honoured
+    assert [r.outcome for r in server.requests(CHAT)] == ["ok", "429", "ok"] and usage.calls == 3
+
+
+def test_a_prompt_too_long_for_the_context_is_not_retried(openai_env):
+    server = openai_env(context_window=20)
+    spec = parse_model_spec("openai:m-a", timeout=30)
+    doc = Document(id="d", text="Barack Obama spoke . " * 50)
+    out, usage = asyncio.run(annotate_document(ModelHandle(chat_model, spec), spec, _configuration(), doc, 1))
+    assert out.status == "failed" and out.error_kind == "context"
+    assert [r.outcome for r in server.requests(CHAT)][-1] == "context-length"
+    assert len([r for r in server.requests(CHAT) if r.outcome == "context-length"]) == 1  # never retried
