@@ -977,7 +977,7 @@ class ServerProcess:
     def _control(self, method: str) -> list[dict[str, Any]]:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         request = urllib.request.Request(self.url + LOG_PATH, method=method, data=b"" if method == "POST" else None)
-        with opener.open(request, timeout=10) as answer:
+        with opener.open(request, timeout=300) as answer:  # a long log of long bodies takes a while
             return json.loads(answer.read())
 
     def requests(self, path: str | None = None) -> list[LoggedRequest]:
