@@ -64,9 +64,6 @@ Exit codes: 0 done, 2 bad input (before any model call), 1 failure (continue wit
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the options of `diziner bench` (models, loop settings and call options as `diziner refine` has them)."""
-    from graph.context import DizinerContext
-
-    defaults = {name: f.default for name, f in DizinerContext.model_fields.items()}
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     io = p.add_argument_group("inputs and output")
@@ -100,14 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the calls, tokens and cost the bench will ask for (loop and test annotations) and stop "
                         "before anything is called or written")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON object")
-    loop = p.add_argument_group("loop settings (passed to `diziner refine`)")
-    for flag, (field_name, typ, help_text) in refine.SETTINGS.items():
-        if flag == "--seed":
-            continue
-        loop.add_argument(flag, type=typ, default=None, metavar="N" if typ is int else "X",
-                          help=help_text % {"default": defaults[field_name]})
-    for flag, (field_name, help_text) in refine.SWITCHES.items():
-        loop.add_argument(flag, dest=field_name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    refine.add_loop_options(p, "loop settings (passed to `diziner refine`)", skip=("--seed",))
 
 
 # ---------------------------------------------------------------- small helpers

@@ -66,9 +66,6 @@ Exit codes: 0 done, 2 bad input, 1 failure (the run can then be resumed), 130 in
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from graph.context import DizinerContext
-
-    defaults = {name: f.default for name, f in DizinerContext.model_fields.items()}
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     io = p.add_argument_group("inputs and output")
@@ -89,17 +86,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                              "temperature, max tokens, timeout, concurrency); excludes --annotators/--supervisor")
     models.add_argument("--annotators", metavar="A,B,...", help="annotator model specs provider:model, comma-separated (two or more)")
     models.add_argument("--supervisor", metavar="S", help="supervisor model spec provider:model")
-    loop = p.add_argument_group("loop settings")
-    for flag, (field, typ, help_text) in SETTINGS.items():
-        loop.add_argument(flag, type=typ, default=None, metavar="N" if typ is int else "X",
-                          help=help_text % {"default": defaults[field]})
-    for flag, (field, help_text) in SWITCHES.items():
-        loop.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    add_loop_options(p, "loop settings")
     add_call_options(p)
     p.add_argument("--dry-run", action="store_true",
                    help="print the calls, tokens and cost the run will ask for (from the pool, the prompts and the "
                         "settings) and stop before anything is called or written")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON object")
+
+
+def add_loop_options(p: argparse.ArgumentParser, title: str, skip: tuple[str, ...] = ()) -> None:
+    """The loop settings (`SETTINGS`, `SWITCHES`) as options, for refine and for bench (which passes them on)."""
+    from graph.context import DizinerContext
+
+    defaults = {name: f.default for name, f in DizinerContext.model_fields.items()}
+    loop = p.add_argument_group(title)
+    for flag, (field, typ, help_text) in SETTINGS.items():
+        if flag not in skip:
+            loop.add_argument(flag, type=typ, default=None, metavar="N" if typ is int else "X",
+                              help=help_text % {"default": defaults[field]})
+    for flag, (field, help_text) in SWITCHES.items():
+        loop.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_text)
 
 
 # ---------------------------------------------------------------- small helpers
