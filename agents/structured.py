@@ -27,11 +27,11 @@ from agents.models import ModelHandle, ModelSpec
 from agents.models.errors import CallError, Failure, classify
 from agents.models.modes import bind_output, reply_parts
 from agents.models.preflight import ensure_checked
+from agents.models.usage import estimated_usage
 from agents.replies import read_reply, reask_message
 from state.graph_state import TokenUsage
 
 CHARS_PER_TOKEN = 3.0  # conservative estimate for prompt budgeting
-ESTIMATE_CHARS_PER_TOKEN = 4.0  # usage estimate when a server reports none
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 
@@ -61,8 +61,11 @@ class StructuredAnswer:
     salvaged: int = 0  # items the caller's salvage left out of an answer that did not fit the schema whole
 
 
-@dataclass
-class _Reply:
+@dataclass(slots=True)
+class Reply:
+    """One model reply to a conversation: its text, whether the output cap cut it, the usage, the attempts it took
+    (0: from the cache)."""
+
     text: str
     truncated: bool
     usage: TokenUsage
@@ -82,9 +85,7 @@ def usage_of(message: Any, prompt_chars: int) -> TokenUsage:
     """The usage a reply reports (input, cached input, output tokens); estimated from text length when absent."""
     meta = getattr(message, "usage_metadata", None) or {}
     if not meta:
-        text = str(getattr(message, "content", "") or "")
-        return TokenUsage(input_tokens=round(prompt_chars / ESTIMATE_CHARS_PER_TOKEN),
-                          output_tokens=round(len(text) / ESTIMATE_CHARS_PER_TOKEN), calls=1, estimated_calls=1)
+        return estimated_usage(prompt_chars, str(getattr(message, "content", "") or ""))
     details = meta.get("input_token_details") or {}
     return TokenUsage(input_tokens=int(meta.get("input_tokens", 0) or 0),
                       cached_input_tokens=int(details.get("cache_read", 0) or 0),
@@ -116,10 +117,27 @@ def backoff_seconds(attempt: int, failure: Failure) -> float:
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
 
 
+def deadline_failure(spec: ModelSpec) -> Failure:
+    return Failure("timeout", f"no answer within the {spec.timeout:g} s deadline")
+
+
+def retry_wait(exc: Exception, attempt: int, spec: ModelSpec, deadline: float, usage: TokenUsage) -> float:
+    """The seconds to wait before attempt `attempt + 1` after `exc`; raises CallError when the call must stop: the
+    failure is not retryable, the retries are spent, or the wait would pass the call's `deadline` (loop time)."""
+    failure = deadline_failure(spec) if isinstance(exc, TimeoutError) else classify(exc)
+    if not failure.retryable or attempt > spec.max_retries:
+        raise CallError(failure, usage) from exc
+    wait = backoff_seconds(attempt, failure)
+    if asyncio.get_running_loop().time() + wait >= deadline:
+        raise CallError(Failure(failure.kind, f"{failure.message} (no time left for a retry within the "
+                                f"{spec.timeout:g} s deadline)", failure.status), usage) from exc
+    return wait
+
+
 async def _complete(
     model_now: Any, spec: ModelSpec, schema: type[BaseModel], turns: list[str], config: dict[str, Any] | None,
     cache: CallCache | None,
-) -> _Reply:
+) -> Reply:
     """One reply to `turns` (alternating user and assistant messages): from the cache, or from the model within the
     call's deadline. Raises CallError when no reply came."""
     schema_json = schema.model_json_schema()
@@ -127,7 +145,7 @@ async def _complete(
                                                      for i, t in enumerate(turns)]) if cache else None
     hit = await asyncio.to_thread(cached_reply, cache, key) if cache is not None else None  # disk: off the loop
     if hit is not None:
-        return _Reply(*hit, 0)
+        return Reply(*hit, 0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + spec.timeout
     model = await model_now()
@@ -140,7 +158,7 @@ async def _complete(
         attempt += 1
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise CallError(Failure("timeout", f"no answer within the {spec.timeout:g} s deadline"), usage)
+            raise CallError(deadline_failure(spec), usage)
         try:
             message = await asyncio.wait_for(bound.ainvoke(messages, config=config), remaining)
         except asyncio.CancelledError:
@@ -152,30 +170,22 @@ async def _complete(
                 usage = usage.add(used)
                 truncated = type(exc).__name__ == "LengthFinishReasonError"
                 if truncated:
-                    await asyncio.to_thread(_store, cache, key, spec, text, used, truncated)
-                    return _Reply(text, truncated, usage, attempt)
+                    await asyncio.to_thread(store_reply, cache, key, spec, text, used, truncated)
+                    return Reply(text, truncated, usage, attempt)
             else:
                 usage = usage.add(TokenUsage(calls=1))
-            failure = classify(exc)
-            if isinstance(exc, asyncio.TimeoutError):
-                failure = Failure("timeout", f"no answer within the {spec.timeout:g} s deadline")
-            if not failure.retryable or attempt > spec.max_retries:
-                raise CallError(failure, usage) from exc
-            wait = backoff_seconds(attempt, failure)
-            if loop.time() + wait >= deadline:
-                raise CallError(Failure(failure.kind, f"{failure.message} (no time left for a retry within the "
-                                        f"{spec.timeout:g} s deadline)", failure.status), usage) from exc
-            await asyncio.sleep(wait)
+            await asyncio.sleep(retry_wait(exc, attempt, spec, deadline, usage))
             continue
         text, _reasoning, truncated = reply_parts(message)
         used = usage_of(message, prompt_chars)
         usage = usage.add(used)
         if cache is not None:
-            await asyncio.to_thread(_store, cache, key, spec, text, used, truncated)
-        return _Reply(text, truncated, usage, attempt)
+            await asyncio.to_thread(store_reply, cache, key, spec, text, used, truncated)
+        return Reply(text, truncated, usage, attempt)
 
 
-def _store(cache: CallCache | None, key: str | None, spec: ModelSpec, text: str, used: TokenUsage, truncated: bool) -> None:
+def store_reply(cache: CallCache | None, key: str | None, spec: ModelSpec, text: str, used: TokenUsage,
+                truncated: bool) -> None:
     if cache is not None and key is not None:
         cache.put(key, spec.name, CachedReply(text, used.input_tokens, used.cached_input_tokens, used.output_tokens,
                                               truncated))

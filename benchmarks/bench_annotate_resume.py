@@ -102,7 +102,7 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=100_000)
     p.add_argument("--long-share", type=float, default=0.05)
     p.add_argument("--long-chars", type=int, default=20_000)
-    p.add_argument("--chunk-chars", type=int, default=4_000)
+    p.add_argument("--chunk-chars", type=int, default=1_500)
     p.add_argument("--concurrency", type=int, default=32)
     args = p.parse_args()
     from tests.servers.openai_compat import OpenAICompatProcess

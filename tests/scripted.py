@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -87,6 +88,28 @@ POLITICS_SENTENCES = [
     "The Green Party of Canada held a rally .",
     "Helmut Kohl visited Moscow in 1990 .",
 ]
+
+# a task with a label mapping (``.format(name=...)``), for runs evaluated on CoNLL files
+POLITICS_TASK = """\
+name: {name}
+entity_types:
+  - name: POLITICIAN
+    definition: A person active in politics.
+  - name: LOCATION
+    definition: A place.
+final_task_goal: Mark politicians and places.
+label_mapping:
+  politician: POLITICIAN
+  location: LOCATION
+"""
+
+
+def write_pool(path: Path, texts: Iterable[str] = POLITICS_SENTENCES) -> Path:
+    """`texts` as a JSONL pool of documents ``d0``, ``d1``, ...; returns `path`."""
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)),
+                    encoding="utf-8")
+    return path
+
 
 SUPERVISOR_BASICS: dict[str, Any] = {
     "PatternAnalysis": {"summary": "s", "patterns": [{"name": "p1"}], "principles": [{"text": "prefer POLITICIAN"}]},

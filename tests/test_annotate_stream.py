@@ -230,6 +230,19 @@ def test_long_documents_are_annotated_in_chunks(tmp_path, capsys, loopback, run_
 # ---------------------------------------------------------------- kill -9, resume
 
 
+def annotate_child(run_dir: Path, docs: Path, out: Path, lines: int) -> subprocess.Popen:
+    """`diziner annotate --no-cache` in a child process, returned once `out` holds `lines` lines (or it ended)."""
+    argv = [sys.executable, "-m", "cli.main", "annotate", "--run", str(run_dir), "--docs", str(docs), "--out",
+            str(out), "--no-cache"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= lines:
+            break
+        time.sleep(0.01)
+    return proc
+
+
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, capsys, loopback, run_dir):
     server = loopback(latency=0.1)
     n = 80
@@ -239,14 +252,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, capsys, loopba
     server.log.clear()
 
     out = tmp_path / "pred.jsonl"
-    argv = [sys.executable, "-m", "cli.main", "annotate", "--run", str(run_dir), "--docs", str(docs), "--out",
-            str(out), "--no-cache"]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 20:
-            break
-        time.sleep(0.01)
+    proc = annotate_child(run_dir, docs, out, lines=20)
     assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -553,14 +559,7 @@ def test_ctrl_c_then_resume(tmp_path, capsys, loopback, run_dir):
     server = loopback(latency=0.1)
     docs = corpus(tmp_path / "docs.jsonl", 40)
     out = tmp_path / "pred.jsonl"
-    argv = [sys.executable, "-m", "cli.main", "annotate", "--run", str(run_dir), "--docs", str(docs), "--out",
-            str(out), "--no-cache"]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 8:
-            break
-        time.sleep(0.01)
+    proc = annotate_child(run_dir, docs, out, lines=8)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()

@@ -17,8 +17,8 @@ from cli import rundir
 from cli.main import main
 from corpus.io import read_documents
 from state.errors import InputError
-from tests.scripted import ScriptedModels
-from tests.test_cli_refine import ANNOTATORS, CONLL, SMALL_TASK, TASK, refine_args, respond_for
+from tests.scripted import POLITICS_TASK, ScriptedModels, write_pool
+from tests.test_cli_refine import ANNOTATORS, CONLL, TASK, refine_args, respond_for
 
 DEEP = "[" * 100_000  # nested far beyond what the JSON parser can read
 
@@ -53,23 +53,19 @@ def input_error(capsys, *argv: str) -> str:
 
 
 @pytest.fixture
-def models(monkeypatch) -> ScriptedModels:
-    m = ScriptedModels(respond_for)
-    monkeypatch.setattr(agents.models, "chat_model", m)
-    return m
+def models(scripted_models) -> ScriptedModels:
+    return scripted_models(respond_for)
 
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Path:
-    from tests.scripted import POLITICS_SENTENCES
-
-    return jsonl(tmp_path / "pool.jsonl", *({"id": f"d{i}", "text": t} for i, t in enumerate(POLITICS_SENTENCES)))
+    return write_pool(tmp_path / "pool.jsonl")
 
 
 @pytest.fixture
 def small_run(tmp_path, pool, models, capsys) -> Path:
     """A finished two-round run on the tiny task (with a label mapping), scripted models."""
-    task = write(tmp_path / "tiny.yaml", SMALL_TASK)
+    task = write(tmp_path / "tiny.yaml", POLITICS_TASK.format(name="tiny_politics"))
     out = tmp_path / "small-run"
     code, _, err = run_cli(capsys, "refine", "--task", task, "--docs", pool, "--out", out, "--annotators",
                            ",".join(ANNOTATORS), "--supervisor", "openai:sup", "--max-loops", "2", "--pilot-size", "3")

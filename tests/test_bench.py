@@ -21,24 +21,12 @@ from cli.main import main
 from corpus.io import CorpusDocument, read_documents
 from corpus.scoring import score
 from evaluation import protocol
-from tests.scripted import ScriptedModels, document_of, responder, tag_words
+from tests.scripted import POLITICS_TASK, ScriptedModels, document_of, responder, tag_words
 
 ANNOTATORS = ["openai:a", "openai:b", "openai:c"]
 PLACES = {"Berlin", "Moscow", "London", "Paris", "Washington", "Ottawa", "Rome"}
 RUN = r"[A-Z][a-z]+(?: [A-Z][a-z]+)*"
 
-TASK = """\
-name: {name}
-entity_types:
-  - name: POLITICIAN
-    definition: A person active in politics.
-  - name: LOCATION
-    definition: A place.
-final_task_goal: Mark politicians and places.
-label_mapping:
-  politician: POLITICIAN
-  location: LOCATION
-"""
 
 TRAIN = [
     "Barack Obama met Angela Merkel in Berlin .",
@@ -132,7 +120,7 @@ def write_benchmark(root: Path, name: str = "crossner_politics", *, test: bool =
         (data / "test.txt").write_text(conll(TEST, extra_label))
     task = root / "tasks" / f"{name}.yaml"
     task.parent.mkdir(exist_ok=True)
-    task.write_text(TASK.format(name=name))
+    task.write_text(POLITICS_TASK.format(name=name))
     return task, data
 
 
@@ -405,7 +393,7 @@ def test_all_runs_every_task_with_data(tmp_path, install, monkeypatch):
     tasks = tmp_path / "tasks"
     for name in ("crossner_politics", "broad_twitter"):
         write_benchmark(tmp_path, name)
-    (tasks / "crossner_ai.yaml").write_text(TASK.format(name="crossner_ai"))  # no data: left out
+    (tasks / "crossner_ai.yaml").write_text(POLITICS_TASK.format(name="crossner_ai"))  # no data: left out
     monkeypatch.setattr(cli.bench, "TASKS_DIR", tasks)
     models = install(Models())
     out = tmp_path / "all"

@@ -9,6 +9,7 @@ import pytest
 
 import agents.models
 from cli.main import main
+from tests.scripted import write_pool
 from tests.test_cli_refine import ANNOTATORS, POOL, TASK, Models
 
 PRICE = "{input: 1000, cached_input: 1000, output: 1000}"  # USD per million tokens: scripted runs cost cents
@@ -16,10 +17,8 @@ PRICE = "{input: 1000, cached_input: 1000, output: 1000}"  # USD per million tok
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Path:
-    path = tmp_path / "pool.jsonl"
     texts = [t for t in POOL if "Senate" not in t]  # annotator c fails on that one: the plan assumes no failure
-    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
-    return path
+    return write_pool(tmp_path / "pool.jsonl", texts)
 
 
 def run_file(tmp_path: Path) -> Path:

@@ -17,7 +17,15 @@ from agents.models import safe_name
 from cli import rundir
 from cli.main import main
 from state.models import TaskDefinition
-from tests.scripted import POLITICS_SENTENCES, ScriptedModels, document_of, responder, tag_words
+from tests.scripted import (
+    POLITICS_SENTENCES,
+    POLITICS_TASK,
+    ScriptedModels,
+    document_of,
+    responder,
+    tag_words,
+    write_pool,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "tasks" / "crossner_politics.yaml"
@@ -26,18 +34,6 @@ ANNOTATORS = ["openai:a", "openai:b", "openai:c"]
 POOL = POLITICS_SENTENCES
 
 # a small task with a label mapping, for annotate + evaluate on CoNLL
-SMALL_TASK = """\
-name: tiny_politics
-entity_types:
-  - name: POLITICIAN
-    definition: A person active in politics.
-  - name: LOCATION
-    definition: A place.
-final_task_goal: Mark politicians and places.
-label_mapping:
-  politician: POLITICIAN
-  location: LOCATION
-"""
 CONLL = """\
 Barack\tB-politician
 Obama\tI-politician
@@ -105,9 +101,7 @@ def models(monkeypatch) -> Models:
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Path:
-    path = tmp_path / "pool.jsonl"
-    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(POOL)), encoding="utf-8")
-    return path
+    return write_pool(tmp_path / "pool.jsonl", POOL)
 
 
 def refine_args(out: Path, pool: Path, *extra: str, loops: int = 2) -> list[str]:
@@ -382,7 +376,7 @@ def test_resume_keeps_the_saved_settings(tmp_path, pool, models, capsys):
 @pytest.fixture
 def small_run(tmp_path, pool, models) -> Path:
     task = tmp_path / "tiny.yaml"
-    task.write_text(SMALL_TASK)
+    task.write_text(POLITICS_TASK.format(name="tiny_politics"))
     out = tmp_path / "small-run"
     args = ["refine", "--task", str(task), "--docs", str(pool), "--out", str(out), "--annotators", ",".join(ANNOTATORS),
             "--supervisor", "openai:sup", "--max-loops", "2", "--pilot-size", "3"]

@@ -28,8 +28,9 @@ import agents.models
 from cli import rundir
 from cli.main import main
 from tests.pg_cluster import MISSING, PgCluster, find_bin_dir
-from tests.scripted import POLITICS_SENTENCES, ScriptedModels
+from tests.scripted import ScriptedModels, write_pool
 from tests.test_cli_refine import refine_args, respond_for, run_files
+from tests.test_resume import node_lines, wait_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 HANG_ENV = "DIZINER_TEST_HANG_MARKER"  # the launcher's annotator c hangs on round 2 and touches this file
@@ -75,28 +76,6 @@ def _diziner(argv: list[str], log: Path, **env: str | None) -> subprocess.Popen:
                                 stdout=subprocess.DEVNULL, stderr=fh)
 
 
-def _finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> str:
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"diziner did not finish within {timeout} s:\n{log.read_text()[-3000:]}")
-    text = log.read_text(encoding="utf-8")
-    assert rc == 0, text[-3000:]
-    return text
-
-
-def _node_lines(text: str) -> list[str]:
-    """One key per finished node: 'round 1 · annotate · openai:a', 'round 1 · analyze_patterns'."""
-    keys = []
-    for line in text.splitlines():
-        if line.startswith("round "):
-            parts = line.split(" · ")
-            keys.append(" · ".join(parts[:2]) + (" · " + parts[2].split(" ")[0] if parts[1] == "annotate" else ""))
-    return keys
-
-
 def _comparable(run_dir: Path) -> dict[str, object]:
     """Every file of a run directory; run.json and summary.json without what differs between two runs of the same
     inputs (identifiers, times, sessions, where the checkpoints are)."""
@@ -130,17 +109,12 @@ def cluster():
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Path:
-    path = tmp_path / "pool.jsonl"
-    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(POLITICS_SENTENCES)),
-                    encoding="utf-8")
-    return path
+    return write_pool(tmp_path / "pool.jsonl")
 
 
 @pytest.fixture
-def models(monkeypatch) -> ScriptedModels:
-    m = ScriptedModels(respond_for)
-    monkeypatch.setattr(agents.models, "chat_model", m)
-    return m
+def models(scripted_models) -> ScriptedModels:
+    return scripted_models(respond_for)
 
 
 @pytest.fixture
@@ -183,7 +157,7 @@ def test_kill_9_then_resume_from_postgres_gives_the_sqlite_run_files(cluster, po
 
     # 1. the reference: an uninterrupted run on SQLite
     reference, ref_log = tmp_path / "reference", tmp_path / "reference.log"
-    ref_text = _finish(_diziner(["refine", *args(reference)], ref_log), ref_log)
+    ref_text = wait_exit(_diziner(["refine", *args(reference)], ref_log), ref_log, timeout=180)
     assert (reference / rundir.CHECKPOINTS).is_file() and (reference / rundir.GUIDELINE_JSON).is_file()
 
     # 2. the same run on PostgreSQL, killed in round 2's annotate step once a and b are saved and c hangs
@@ -205,7 +179,7 @@ def test_kill_9_then_resume_from_postgres_gives_the_sqlite_run_files(cluster, po
     proc.wait()
     killed_text = log1.read_text(encoding="utf-8")
     assert pending == ("annotate",) and sorted(tasks.values()) == ["annotate"] * 3, (tasks, pending)
-    assert sum(ln.startswith("round 2 · annotate") for ln in _node_lines(killed_text)) == 2, killed_text
+    assert sum(ln.startswith("round 2 · annotate") for ln in node_lines(killed_text)) == 2, killed_text
     assert not (out / rundir.GUIDELINE_JSON).exists()
     assert not list(out.glob(rundir.CHECKPOINTS + "*")), "a PostgreSQL run wrote checkpoints.sqlite"
     saved = json.loads((out / rundir.RUN_FILE).read_text(encoding="utf-8"))["checkpoint_db"]
@@ -214,7 +188,8 @@ def test_kill_9_then_resume_from_postgres_gives_the_sqlite_run_files(cluster, po
 
     # 3. resume in a new process, the password only in PGPASSWORD
     log2 = tmp_path / "resumed.log"
-    resumed_text = _finish(_diziner(["refine", "--resume", out], log2, PGPASSWORD=cluster.password), log2)
+    resumed = _diziner(["refine", "--resume", out], log2, PGPASSWORD=cluster.password)
+    resumed_text = wait_exit(resumed, log2, timeout=180)
     assert "resuming at round 2" in resumed_text, resumed_text
 
     # every file as the uninterrupted SQLite run wrote it, and no finished node ran again
@@ -223,9 +198,9 @@ def test_kill_9_then_resume_from_postgres_gives_the_sqlite_run_files(cluster, po
     assert {"guideline.json", "round-2/annotations.jsonl", "round-3/report.md"} <= set(reference_files)
     for name, content in reference_files.items():
         assert resumed_files[name] == content, name
-    before, after = _node_lines(killed_text), _node_lines(resumed_text)
+    before, after = node_lines(killed_text), node_lines(resumed_text)
     assert before and not set(before) & set(after), (before, after)
-    assert sorted(before + after) == sorted(_node_lines(ref_text))
+    assert sorted(before + after) == sorted(node_lines(ref_text))
     assert after.count("round 2 · annotate · openai:c") == 1 and "round 2 · annotate · openai:a" not in after
 
     # the password is nowhere in the run directory

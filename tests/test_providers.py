@@ -19,6 +19,7 @@ from agents.models.errors import ModelUnavailable
 from agents.models.preflight import PROBE_PROMPT, forget_checks
 from cli.main import main
 from state.models import Document, EntityType, TaskConfiguration
+from tests.scripted import write_pool
 from tests.servers import FaultSchedule, capitalised_entities, openai_compat, usage_totals
 from tests.servers import ollama as ollama_servers
 
@@ -41,9 +42,7 @@ CHAT = openai_compat.CHAT
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Path:
-    path = tmp_path / "pool.jsonl"
-    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
-    return path
+    return write_pool(tmp_path / "pool.jsonl", TEXTS)
 
 
 def refine(out: Path, pool: Path, *extra: str, provider: str = "openai", loops: int = 2) -> list[str]:

@@ -112,20 +112,21 @@ def _new_run(inputs: dict[str, Path], out: Path) -> list[str]:
             "--min-gain", "0", "--patience", "1", "--no-cache"]  # both runs call the models
 
 
-def _wait(proc: subprocess.Popen, log: Path, timeout: float) -> str:
+def wait_exit(proc: subprocess.Popen, log: Path, timeout: float) -> str:
+    """The stderr of a child `diziner` that must exit 0 within `timeout` s (killed and failed otherwise)."""
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        pytest.fail(f"refine did not finish within {timeout} s:\n{log.read_text()[-3000:]}")
+        pytest.fail(f"diziner did not finish within {timeout} s:\n{log.read_text()[-3000:]}")
     text = log.read_text(encoding="utf-8")
     assert rc == 0, text[-3000:]
     return text
 
 
-def _node_lines(text: str) -> list[str]:
-    """One key per finished node: 'round 1 · annotate · embedded:smollm2', 'round 1 · analyze_patterns'."""
+def node_lines(text: str) -> list[str]:
+    """One key per finished node in progress lines: 'round 1 · annotate · embedded:smollm2', 'round 1 · analyze_patterns'."""
     keys = []
     for line in text.splitlines():
         if line.startswith("round "):
@@ -202,10 +203,10 @@ def test_kill_9_then_resume_gives_the_uninterrupted_files(inputs, tmp_path):
     # 1. the reference: one uninterrupted run
     reference, ref_log = tmp_path / "reference", tmp_path / "reference.log"
     started = time.perf_counter()
-    ref_text = _wait(_refine(_new_run(inputs, reference), ref_log), ref_log, timeout=900)
+    ref_text = wait_exit(_refine(_new_run(inputs, reference), ref_log), ref_log, timeout=900)
     ref_seconds = time.perf_counter() - started
     print(f"\nuninterrupted refine run: {ref_seconds:.1f} s")
-    ref_lines = _node_lines(ref_text)
+    ref_lines = node_lines(ref_text)
     assert any(ln.startswith("round 2 · annotate") for ln in ref_lines), ref_text
     assert (reference / "guideline.md").is_file(), (
         "the embedded models produced no usable annotation (no configuration selected): see "
@@ -227,7 +228,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_files(inputs, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "running"
     # killed mid-step: one annotator's line, and a checkpoint whose annotate step has one task done, one not
-    assert sum(ln.startswith("round 1 · annotate") for ln in _node_lines(killed_text)) == 1, killed_text
+    assert sum(ln.startswith("round 1 · annotate") for ln in node_lines(killed_text)) == 1, killed_text
     tasks, done, pending = _step_at_kill(out, tmp_path / "checkpoint-at-kill")
     assert sorted(tasks.values()) == ["annotate", "annotate"], tasks
     assert len(done & set(tasks)) == 1, (tasks, done)
@@ -236,7 +237,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_files(inputs, tmp_path):
     # 3. resume it
     log2 = tmp_path / "resumed.log"
     started = time.perf_counter()
-    resumed_text = _wait(_refine(["--resume", str(out)], log2), log2, timeout=900)
+    resumed_text = wait_exit(_refine(["--resume", str(out)], log2), log2, timeout=900)
     print(f"resumed run: {time.perf_counter() - started:.1f} s")
     assert "resuming at round" in resumed_text, resumed_text
 
@@ -250,12 +251,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_files(inputs, tmp_path):
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
 
     # no finished node ran again, and nothing is missing
-    before, after = _node_lines(killed_text), _node_lines(resumed_text)
+    before, after = node_lines(killed_text), node_lines(resumed_text)
     assert before, killed_text
     assert not set(before) & set(after), (before, after)
     assert sorted(before + after) == sorted(ref_lines), (before, after, ref_lines)
 
     # a finished run: said so, exit 0
     log3 = tmp_path / "again.log"
-    again = _wait(_refine(["--resume", str(out)], log3), log3, timeout=120)
+    again = wait_exit(_refine(["--resume", str(out)], log3), log3, timeout=120)
     assert "already finished" in again

@@ -99,7 +99,6 @@ ENDED = ("completed", "expired", "cancelled", "failed")
 PROGRESS_EVERY_S = 600.0  # a progress line at least this often while polling
 POLL_FAILURES = 10  # consecutive failed polls that stop the command (resumable)
 LOOKBACK_S = 600  # how far before an interrupted upload or creation its file or batch is looked for
-ESTIMATE_CHARS_PER_TOKEN = 4.0  # as agents.structured: the usage estimate when an answer reports none
 _MODES = ("json_schema", "json", "text")
 
 

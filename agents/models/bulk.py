@@ -20,23 +20,25 @@ import asyncio
 import hashlib
 import json
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from agents.cache import CachedReply, CallCache, cache_key
+from agents.cache import CallCache, cache_key
 from agents.models.clients import endpoint, openai_key
-from agents.models.errors import CallError, Failure, classify
+from agents.models.errors import CallError, Failure
 from agents.models.preflight import ensure_checked
 from agents.models.spec import ModelSpec
 from agents.models.usage import openai_usage
 from state.errors import InputError
 from state.graph_state import TokenUsage
 
+if TYPE_CHECKING:  # agents.structured imports this package: imported where called
+    from agents.structured import Reply
+
 __all__ = ["DirectCaller", "request_key", "supports"]
 
 _MODES = ("json_schema", "json", "text")
-ESTIMATE_CHARS_PER_TOKEN = 4.0  # as agents.structured: the usage estimate when a server reports none
 
 
 def supports(spec: ModelSpec) -> bool:
@@ -92,13 +94,6 @@ def _key_parts(spec: ModelSpec, schema: type[BaseModel], where: str | None) -> t
     if not found or mine != cache_key(spec, _schema_json(schema), spec.output, probe):
         return None
     return head, tail
-
-
-class _Reply:
-    __slots__ = ("text", "truncated", "usage", "attempts")
-
-    def __init__(self, text: str, truncated: bool, usage: TokenUsage, attempts: int) -> None:
-        self.text, self.truncated, self.usage, self.attempts = text, truncated, usage, attempts
 
 
 class DirectCaller:
@@ -172,24 +167,24 @@ class DirectCaller:
                    salvage: Any = None) -> Any:
         from agents.structured import answer_policy
 
-        async def complete(turns: list[str], round_trip: int) -> _Reply:
+        async def complete(turns: list[str], round_trip: int) -> Reply:
             return await self._complete(schema, turns, cache, key if round_trip == 0 else None)
 
         return await answer_policy(complete, self.spec, schema, prompt, salvage)
 
     async def _complete(self, schema: type[BaseModel], turns: list[str], cache: CallCache | None,
-                        key: str | None) -> _Reply:
+                        key: str | None) -> Reply:
         """One reply to `turns` (`key`: their cache key when known): from the cache, or from the server within the
         call's deadline; CallError when no reply came."""
         spec = self.spec
         messages = _messages(turns)
         if cache is not None and key is None:
             key = self.key(schema, turns)
-        from agents.structured import backoff_seconds, cached_reply
+        from agents.structured import Reply, cached_reply, deadline_failure, retry_wait, store_reply
 
         hit = cached_reply(cache, key)
         if hit is not None:
-            return _Reply(*hit, 0)
+            return Reply(*hit, 0)
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + spec.timeout
@@ -202,7 +197,7 @@ class DirectCaller:
             attempt += 1
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise CallError(Failure("timeout", f"no answer within the {spec.timeout:g} s deadline"), usage)
+                raise CallError(deadline_failure(spec), usage)
             try:
                 async with asyncio.timeout(remaining):
                     answer = await self._send(client, body)
@@ -210,16 +205,7 @@ class DirectCaller:
                 raise
             except Exception as exc:  # provider errors, transport errors, the deadline
                 usage = usage.add(TokenUsage(calls=1))
-                failure = classify(exc)
-                if isinstance(exc, TimeoutError):
-                    failure = Failure("timeout", f"no answer within the {spec.timeout:g} s deadline")
-                if not failure.retryable or attempt > spec.max_retries:
-                    raise CallError(failure, usage) from exc
-                wait = backoff_seconds(attempt, failure)
-                if loop.time() + wait >= deadline:
-                    raise CallError(Failure(failure.kind, f"{failure.message} (no time left for a retry within the "
-                                            f"{spec.timeout:g} s deadline)", failure.status), usage) from exc
-                await asyncio.sleep(wait)
+                await asyncio.sleep(retry_wait(exc, attempt, spec, deadline, usage))
                 continue
             try:
                 text, truncated, filtered, used = _read_completion(answer, prompt_chars)
@@ -230,10 +216,8 @@ class DirectCaller:
             usage = usage.add(used)
             if filtered:
                 raise CallError(Failure("answer", "the provider's content filter stopped the answer"), usage, text)
-            if cache is not None and key is not None:
-                cache.put(key, spec.name, CachedReply(text, used.input_tokens, used.cached_input_tokens,
-                                                      used.output_tokens, truncated))
-            return _Reply(text, truncated, usage, attempt)
+            store_reply(cache, key, spec, text, used, truncated)
+            return Reply(text, truncated, usage, attempt)
 
     async def _send(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
         """POST the body; the parsed JSON answer (errors are the openai client's exceptions)."""

@@ -53,12 +53,17 @@ def usage_summary(usages: Iterable[tuple[str, TokenUsage]], specs: Mapping[str, 
     return summary
 
 
+def estimated_usage(prompt_chars: int, answer: str) -> TokenUsage:
+    """One request's usage estimated from text length, for a server that reports none (counted as estimated)."""
+    return TokenUsage(input_tokens=round(prompt_chars / ESTIMATE_CHARS_PER_TOKEN),
+                      output_tokens=round(len(answer) / ESTIMATE_CHARS_PER_TOKEN), calls=1, estimated_calls=1)
+
+
 def openai_usage(used: dict[str, Any] | None, prompt_chars: int, answer: str) -> TokenUsage:
     """One request's usage from an OpenAI-style `usage` object; estimated from text length when the server gave
     none (and counted as estimated)."""
     if not used:
-        return TokenUsage(input_tokens=round(prompt_chars / ESTIMATE_CHARS_PER_TOKEN),
-                          output_tokens=round(len(answer) / ESTIMATE_CHARS_PER_TOKEN), calls=1, estimated_calls=1)
+        return estimated_usage(prompt_chars, answer)
     details = used.get("prompt_tokens_details") or {}
     return TokenUsage(input_tokens=int(used.get("prompt_tokens") or 0),
                       cached_input_tokens=int(details.get("cached_tokens") or 0),

@@ -83,6 +83,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 LOG_PATH = "/_log"  # the control endpoint a child-process server serves its request log on (never logged)
@@ -791,6 +793,7 @@ class LoopbackServer:
 
     handler_class: ClassVar[type[LoopbackHandler]] = LoopbackHandler
     name: ClassVar[str] = "loopback"
+    chat_path: ClassVar[str] = ""  # the protocol's generation endpoint
 
     def __init__(
         self,
@@ -876,6 +879,10 @@ class LoopbackServer:
     def requests(self, path: str | None = None) -> list[LoggedRequest]:
         """A snapshot of the request log, optionally of one path."""
         return self.log.entries(path)
+
+    def chat_requests(self) -> list[LoggedRequest]:
+        """The logged generation requests (`chat_path`)."""
+        return self.requests(self.chat_path)
 
     @contextlib.contextmanager
     def in_flight(self) -> Iterator[None]:
@@ -985,6 +992,10 @@ class ServerProcess:
         entries = [LoggedRequest(**e) for e in self._control("GET")]
         return [e for e in entries if path is None or e.path == path]
 
+    def chat_requests(self) -> list[LoggedRequest]:
+        """The child's logged generation requests."""
+        return self.requests(self.server_class.chat_path)
+
     def clear_log(self) -> None:
         """Forget the child's request log."""
         self._control("POST")
@@ -1020,6 +1031,16 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def factory_fixture(make: Callable[..., Any], doc: str) -> Any:
+    """A pytest fixture yielding ``start(*args, **options)`` for `make` (see `server_factory`)."""
+
+    def fixture() -> Iterator[Callable[..., Any]]:
+        yield from server_factory(make)
+
+    fixture.__doc__ = doc
+    return pytest.fixture(fixture)
 
 
 def server_factory(make: Callable[..., Any]) -> Iterator[Callable[..., Any]]:

@@ -29,14 +29,12 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
-
-from tests.servers import Fault, LoggedRequest, apply_content_faults, prompt_tokens_of, server_factory
+from tests.servers import Fault, LoggedRequest, apply_content_faults, factory_fixture, prompt_tokens_of
 from tests.servers.openai_compat import _ERRORS, CHAT, OpenAICompatServer, OpenAIHandler, _flat, context_error
 
 FILES = "/v1/files"
@@ -407,7 +405,6 @@ class BatchServer(OpenAICompatServer):
         return {**super().config(), "in_progress_polls": self.in_progress_polls, "expire_after": self.expire_after}
 
 
-@pytest.fixture
-def batch_server() -> Iterator[Callable[..., BatchServer]]:
-    """``batch_server(respond=None, **options)`` -> a started BatchServer; all are stopped at teardown."""
-    yield from server_factory(BatchServer)
+batch_server = factory_fixture(
+    BatchServer, """``batch_server(respond=None, **options)`` -> a started BatchServer; all are stopped at teardown."""
+)

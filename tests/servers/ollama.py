@@ -38,11 +38,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-
-import pytest
 
 from tests.servers import (
     THINKING,
@@ -54,8 +52,8 @@ from tests.servers import (
     ServerProcess,
     apply_content_faults,
     count_tokens,
+    factory_fixture,
     prompt_tokens_of,
-    server_factory,
 )
 
 CHAT = "/api/chat"
@@ -314,6 +312,7 @@ class OllamaHandler(LoopbackHandler):
 class OllamaServer(LoopbackServer):
     """An Ollama server on 127.0.0.1 in a background thread; `url` is the client's host."""
 
+    chat_path = CHAT
     handler_class = OllamaHandler
     name = "ollama-loopback"
 
@@ -354,10 +353,6 @@ class OllamaServer(LoopbackServer):
             "quantization_level": "Q4_K_M",
         }
 
-    def chat_requests(self) -> list[LoggedRequest]:
-        """The logged ``/api/chat`` requests."""
-        return self.requests(CHAT)
-
     def config(self) -> dict[str, Any]:
         return {
             **super().config(),
@@ -372,23 +367,16 @@ class OllamaProcess(ServerProcess):
     module = "tests.servers.ollama"
     server_class = OllamaServer
 
-    def chat_requests(self) -> list[LoggedRequest]:
-        """The child's logged ``/api/chat`` requests."""
-        return self.requests(CHAT)
 
-
-@pytest.fixture
-def ollama_server() -> Iterator[Callable[..., OllamaServer]]:
-    """``ollama_server(respond=None, **options)`` -> a started OllamaServer; all are stopped at teardown."""
-    yield from server_factory(OllamaServer)
-
-
-@pytest.fixture
-def ollama_process() -> Iterator[Callable[..., OllamaProcess]]:
+ollama_server = factory_fixture(
+    OllamaServer,
+    """``ollama_server(respond=None, **options)`` -> a started OllamaServer; all are stopped at teardown.""",
+)
+ollama_process = factory_fixture(
+    OllamaProcess,
     """``ollama_process("module:responder" | None, **options)`` -> a started OllamaProcess; all are stopped at
-    teardown."""
-    yield from server_factory(OllamaProcess)
-
+    teardown.""",
+)
 
 if __name__ == "__main__":
     OllamaServer.main()

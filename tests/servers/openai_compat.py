@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-import pytest
 
 from tests.servers import (
     Fault,
@@ -46,8 +44,8 @@ from tests.servers import (
     ServerProcess,
     apply_content_faults,
     count_tokens,
+    factory_fixture,
     prompt_tokens_of,
-    server_factory,
 )
 
 CHAT = "/v1/chat/completions"
@@ -286,6 +284,7 @@ def _flat(usage: Mapping[str, Any] | None) -> dict[str, int] | None:
 class OpenAICompatServer(LoopbackServer):
     """An OpenAI-compatible server on 127.0.0.1 in a background thread; `base_url` ends in ``/v1``."""
 
+    chat_path = CHAT
     handler_class = OpenAIHandler
     name = "openai-loopback"
 
@@ -310,10 +309,6 @@ class OpenAICompatServer(LoopbackServer):
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT/v1``, what OpenAI clients take as ``base_url``."""
         return self.url + "/v1"
-
-    def chat_requests(self) -> list[LoggedRequest]:
-        """The logged chat-completion requests."""
-        return self.requests(CHAT)
 
     def cached_prefix(self, model: str, tokens: list[str]) -> int:
         """With `prompt_cache`, the longest token prefix `tokens` shares with an earlier prompt to `model`."""
@@ -371,23 +366,16 @@ class OpenAICompatProcess(ServerProcess):
         """``http://127.0.0.1:PORT/v1``."""
         return self.url + "/v1"
 
-    def chat_requests(self) -> list[LoggedRequest]:
-        """The child's logged chat-completion requests."""
-        return self.requests(CHAT)
 
-
-@pytest.fixture
-def openai_server() -> Iterator[Callable[..., OpenAICompatServer]]:
-    """``openai_server(respond=None, **options)`` -> a started OpenAICompatServer; all are stopped at teardown."""
-    yield from server_factory(OpenAICompatServer)
-
-
-@pytest.fixture
-def openai_process() -> Iterator[Callable[..., OpenAICompatProcess]]:
+openai_server = factory_fixture(
+    OpenAICompatServer,
+    """``openai_server(respond=None, **options)`` -> a started OpenAICompatServer; all are stopped at teardown.""",
+)
+openai_process = factory_fixture(
+    OpenAICompatProcess,
     """``openai_process("module:responder" | None, **options)`` -> a started OpenAICompatProcess; all are stopped
-    at teardown."""
-    yield from server_factory(OpenAICompatProcess)
-
+    at teardown.""",
+)
 
 if __name__ == "__main__":
     OpenAICompatServer.main()
