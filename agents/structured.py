@@ -121,6 +121,14 @@ def deadline_failure(spec: ModelSpec) -> Failure:
     return Failure("timeout", f"no answer within the {spec.timeout:g} s deadline")
 
 
+def time_left(deadline: float, spec: ModelSpec, usage: TokenUsage) -> float:
+    """The seconds left before the call's `deadline` (loop time); raises CallError when none are."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining <= 0:
+        raise CallError(deadline_failure(spec), usage)
+    return remaining
+
+
 def retry_wait(exc: Exception, attempt: int, spec: ModelSpec, deadline: float, usage: TokenUsage) -> float:
     """The seconds to wait before attempt `attempt + 1` after `exc`; raises CallError when the call must stop: the
     failure is not retryable, the retries are spent, or the wait would pass the call's `deadline` (loop time)."""
@@ -156,9 +164,7 @@ async def _complete(
     attempt = 0
     while True:
         attempt += 1
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise CallError(deadline_failure(spec), usage)
+        remaining = time_left(deadline, spec, usage)
         try:
             message = await asyncio.wait_for(bound.ainvoke(messages, config=config), remaining)
         except asyncio.CancelledError:

@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from corpus.io import CorpusDocument, ReadStats, _lines, _NotFourColumns, _objects, _parse_conll_lines, _parse_jsonl
+from corpus.io import (
+    CorpusDocument,
+    NotFourColumns,
+    ReadStats,
+    json_objects,
+    numbered_lines,
+    parse_conll_lines,
+    parse_jsonl,
+)
 from state.errors import InputError
 
 __all__ = ["FailuresFile", "InputScan", "iter_documents", "run_in_order", "scan_input"]
@@ -64,7 +72,7 @@ class InputScan:
 
 def _format_of(path: str) -> str:
     """``jsonl`` when the first non-blank line starts with ``{`` (corpus.io's rule), else ``conll``."""
-    for _, line in _lines(path):
+    for _, line in numbered_lines(path):
         s = line.strip()
         if s:
             return "jsonl" if s.startswith("{") else "conll"
@@ -94,7 +102,7 @@ def scan_input(path: str | os.PathLike[str]) -> InputScan:
         try:
             count, stats = _scan_conll(p, four_columns=True)
             scan = InputScan(p, "conll", count, four_columns=stats.four_columns, stats=stats)
-        except _NotFourColumns:
+        except NotFourColumns:
             count, stats = _scan_conll(p, four_columns=False)
             scan = InputScan(p, "conll", count, stats=stats)
     scan.size, scan.mtime, scan.head_sha256 = size, mtime, head
@@ -103,8 +111,8 @@ def scan_input(path: str | os.PathLike[str]) -> InputScan:
 
 def _jsonl_documents(path: str) -> Iterator[CorpusDocument]:
     """Every JSONL document, checked alone (ids are checked for duplicates by the scan)."""
-    for item in _objects(_lines(path), path):
-        yield _parse_jsonl((item,), path)[0]
+    for item in json_objects(numbered_lines(path), path):
+        yield parse_jsonl((item,), path)[0]
 
 
 def _scan_jsonl(path: str) -> int:
@@ -144,7 +152,7 @@ def _check_duplicates(path: str, hashes: array) -> None:
 def _sentences(path: str) -> Iterator[list[tuple[int, str]]]:
     """The lines of each CoNLL sentence (a run of non-blank lines), the blank lines between them dropped."""
     group: list[tuple[int, str]] = []
-    for item in _lines(path):
+    for item in numbered_lines(path):
         line = item[1]
         if not line or line.isspace():
             if group:
@@ -158,11 +166,11 @@ def _sentences(path: str) -> Iterator[list[tuple[int, str]]]:
 
 def _conll_documents(path: str, four_columns: bool, stats: ReadStats) -> Iterator[CorpusDocument]:
     """The CoNLL documents one sentence at a time, by `corpus.io`'s own parser; ids ``<stem>-<n>`` as it numbers
-    them. Raises `_NotFourColumns` (four_columns) at the first line that is not CoNLL-2003."""
+    them. Raises `NotFourColumns` (four_columns) at the first line that is not CoNLL-2003."""
     stem = Path(path).stem
     n = 0
     for group in _sentences(path):
-        docs, part = _parse_conll_lines(group, path, four_columns=four_columns)
+        docs, part = parse_conll_lines(group, path, four_columns=four_columns)
         _merge_stats(stats, part)
         for doc in docs:
             n += 1

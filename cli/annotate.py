@@ -30,6 +30,7 @@ from typing import Any
 from cli import rundir
 from cli.calling import add_call_options, call_settings
 from state.errors import BudgetReached, InputError
+from state.figures import duration
 
 PROG = "diziner annotate"
 BACKENDS = ("auto", "langchain", "openai", "openai-batch", "ray")
@@ -815,15 +816,7 @@ class Progress:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         rate = self.session_done / elapsed
         left = self.total - self.done
-        eta = f", ETA {_duration(left / rate)}" if rate > 0 and left > 0 else ""
+        eta = f", ETA {duration(left / rate)}" if rate > 0 and left > 0 else ""
         cost = f", ${self.cost:.4f}" if self.spec.price else ""
         return f"{self.failed} failed, {rate:.1f} docs/s{eta}, {self.tokens} tokens{cost}"
 
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"

@@ -3,7 +3,7 @@
 The plan assumes the run goes the whole way (every round up to `max_loops`: the plateau rule can only stop it
 earlier), no failures or retries, phase 2 diagnosing every annotator with `--diagnose-all` and otherwise the
 non-elite half (with equal weights the elite is the first ceil(n/2) annotators), and one preflight call per model
-that is not in-process. Input tokens are the real round-1 prompts (`CHARS_PER_TOKEN` characters a token; later
+that is not in-process. Input tokens are the real round-1 prompts (`ESTIMATE_CHARS_PER_TOKEN` characters a token; later
 rounds add the instructions, not counted); output tokens are the models' caps, an upper bound. Round-1 calls the
 cache can already answer are counted apart.
 """
@@ -20,9 +20,8 @@ from typing import Any
 from agents.models import ModelSpec, RunModels
 from agents.models.preflight import is_checked
 from agents.models.prices import cost_usd
+from agents.models.usage import ESTIMATE_CHARS_PER_TOKEN
 from state.graph_state import Guideline, TokenUsage
-
-CHARS_PER_TOKEN = 4.0
 
 
 @dataclass
@@ -77,7 +76,7 @@ class Plan:
 
 
 def tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
+    return math.ceil(len(text) / ESTIMATE_CHARS_PER_TOKEN)
 
 
 def _cached(spec: ModelSpec, schema: Any, prompt: str, cache: Any) -> bool:

@@ -113,7 +113,7 @@ def is_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+def numbered_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """(1-based line number, line) of a UTF-8 file, split on "\\n" only (not str.splitlines, which also splits on
     U+2028 etc.), without the line break and one CR before it; a leading BOM is dropped. A missing or unreadable file,
     or a line that is not UTF-8, is an InputError naming the file (and the line)."""
@@ -141,7 +141,7 @@ def _lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
 _JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
-def _objects(lines: Iterable[tuple[int, str]], path: str) -> Iterator[tuple[int, dict]]:
+def json_objects(lines: Iterable[tuple[int, str]], path: str) -> Iterator[tuple[int, dict]]:
     """The JSON object of every non-blank line (blank: empty or whitespace-only), with its line number."""
     loads = json.loads
     for lineno, line in lines:
@@ -167,7 +167,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     Blank lines are skipped (they still count for line numbers), a UTF-8 BOM is accepted, and a line that is not
     UTF-8, not JSON, nested too deeply for the parser or not a JSON object is an error naming its line.
     """
-    return _objects(_lines(path), str(path))
+    return json_objects(numbered_lines(path), str(path))
 
 
 def read_documents(path: str | os.PathLike) -> tuple[list[CorpusDocument], ReadStats]:
@@ -176,7 +176,7 @@ def read_documents(path: str | os.PathLike) -> tuple[list[CorpusDocument], ReadS
     The first non-blank line starting with ``{`` (after leading whitespace) means JSONL, anything else CoNLL, whatever
     the file's extension. An empty file is CoNLL with no documents. Duplicate ids are an error.
     """
-    lines = _lines(path)
+    lines = numbered_lines(path)
     head: list[tuple[int, str]] = []
     fmt = "conll"
     for item in lines:
@@ -187,11 +187,11 @@ def read_documents(path: str | os.PathLike) -> tuple[list[CorpusDocument], ReadS
             break
     stream = itertools.chain(head, lines)
     if fmt == "jsonl":
-        return _parse_jsonl(_objects(stream, str(path)), str(path)), ReadStats(format="jsonl")
+        return parse_jsonl(json_objects(stream, str(path)), str(path)), ReadStats(format="jsonl")
     return _parse_conll(stream, str(path))
 
 
-def _parse_jsonl(objects: Iterable[tuple[int, dict]], path: str) -> list[CorpusDocument]:
+def parse_jsonl(objects: Iterable[tuple[int, dict]], path: str) -> list[CorpusDocument]:
     """JSONL: the documents of `iter_jsonl`'s objects (one per non-blank line).
 
     Checks: ``id`` a non-empty string, unique in the file; ``text`` a string;
@@ -277,7 +277,7 @@ def _four_columns(line: str) -> list[str] | None:
     return fields
 
 
-class _NotFourColumns(Exception):
+class NotFourColumns(Exception):
     """Raised by the CoNLL-2003 reading at the first line that does not have its four columns."""
 
 
@@ -301,16 +301,16 @@ def _parse_conll(lines: Iterable[tuple[int, str]], path: str) -> tuple[list[Corp
             yield item
 
     try:
-        return _parse_conll_lines(keeping(), path, four_columns=True)
-    except _NotFourColumns:
-        return _parse_conll_lines(itertools.chain(kept, source), path, four_columns=False)
+        return parse_conll_lines(keeping(), path, four_columns=True)
+    except NotFourColumns:
+        return parse_conll_lines(itertools.chain(kept, source), path, four_columns=False)
 
 
-def _parse_conll_lines(
+def parse_conll_lines(
     lines: Iterable[tuple[int, str]], path: str, *, four_columns: bool
 ) -> tuple[list[CorpusDocument], ReadStats]:
     """CoNLL, one ``token<TAB>tag`` per line, or with ``four_columns`` one CoNLL-2003 line (`_four_columns`; any
-    other token line raises `_NotFourColumns`).
+    other token line raises `NotFourColumns`).
 
     Each two-column line is split at its last tab, or, without a tab, at its last run of spaces; the token is kept
     verbatim (it may be empty or contain spaces/tabs). Runs of blank (empty or whitespace-only) lines separate sentences;
@@ -354,7 +354,7 @@ def _parse_conll_lines(
         if four_columns:
             fields = _four_columns(line)
             if fields is None:
-                raise _NotFourColumns
+                raise NotFourColumns
             token, tag = fields[0], fields[3]
             stats.four_columns = True
         elif (cut := line.rfind("\t")) >= 0:

@@ -45,7 +45,6 @@ Batch API's discount on input and output tokens).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -62,14 +61,16 @@ from pydantic import BaseModel
 from agents.annotator import fit_annotator_prompt, schema_for
 from agents.cache import CachedReply, CallCache, cache_key
 from agents.models.clients import endpoint, openai_key
-from agents.models.errors import ModelUnavailable, _status_kind, classify
+from agents.models.errors import ModelUnavailable, classify, status_kind
 from agents.models.prices import ModelPrice, cost_usd
 from agents.models.spec import ModelSpec
-from agents.models.usage import openai_usage
+from agents.models.usage import read_completion
 from agents.replies import read_reply
+from annotation import ledger
 from corpus.io import CorpusDocument
 from corpus.tokens import ground
 from state.errors import InputError
+from state.figures import duration
 from state.graph_state import TokenUsage
 from state.models import Span, TaskConfiguration
 
@@ -81,7 +82,6 @@ __all__ = [
     "BatchSummary",
     "annotate_batch",
     "batch_cost_usd",
-    "hash_configuration",
     "request_body",
     "state_path",
     "supports",
@@ -125,13 +125,13 @@ def work_dir(out: str | os.PathLike[str]) -> Path:
 def request_body(spec: ModelSpec, schema: type[BaseModel], messages: list[dict[str, str]]) -> dict[str, Any]:
     """The chat-completions body the synchronous path sends for `messages` (model, messages, output cap, output
     mode, temperature, frequency penalty), without ``stream``: a batch request is never streamed."""
-    from agents.models.modes import _openai_response_format
+    from agents.models.modes import openai_response_format
 
     body: dict[str, Any] = {"model": spec.model, "messages": messages}
     if spec.max_tokens is not None:
         body["max_completion_tokens"] = spec.max_tokens
     if spec.output == "json_schema":
-        body["response_format"] = _openai_response_format(schema)
+        body["response_format"] = openai_response_format(schema)
     elif spec.output == "json":
         body["response_format"] = {"type": "json_object"}
     body["temperature"] = spec.temperature
@@ -139,14 +139,6 @@ def request_body(spec: ModelSpec, schema: type[BaseModel], messages: list[dict[s
         body["frequency_penalty"] = spec.profile.frequency_penalty
     return body
 
-
-def hash_configuration(configuration: TaskConfiguration, round_: int, labels: dict[str, str],
-                       chunk_chars: int | None) -> str:
-    """The hash of everything that decides the requests and what is written: the configuration, its round, the label
-    mapping and the chunking (as `diziner annotate` computes it for its ledger)."""
-    conf = configuration.model_dump(mode="json", by_alias=True)
-    payload = {"configuration": conf, "round": round_, "labels": labels, "chunk_chars": chunk_chars}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 class BatchError(RuntimeError):
@@ -253,7 +245,7 @@ class BatchAnnotation:
         self.documents = documents
         self.out = Path(out)
         self.chunk_chars = chunk_chars
-        self.configuration_hash = configuration_hash or hash_configuration(configuration, round_, labels, chunk_chars)
+        self.configuration_hash = configuration_hash or ledger.configuration_hash(configuration, round_, labels, chunk_chars)
         self.cache = cache
         self.input_fingerprint = input_fingerprint
         self.output_format = output_format
@@ -274,7 +266,6 @@ class BatchAnnotation:
 
     def pieces(self, doc: Any) -> list[_Piece]:
         """The requests of one document: its prompt (or its chunks' prompts), cache key and custom id."""
-        from annotation.ledger import request_id
 
         text = doc.text
         chunks: list[Any] = [None]
@@ -287,7 +278,7 @@ class BatchAnnotation:
             part = text if chunk is None else chunk.substring(text)
             prompt, _ = fit_annotator_prompt(self.spec, self.configuration, part, self.round_)
             key = cache_key(self.spec, self.schema_json, self.spec.output, _messages(prompt))
-            rid = request_id(doc.id, None if chunk is None else chunk.index, self.spec.name, self.configuration_hash)
+            rid = ledger.request_id(doc.id, None if chunk is None else chunk.index, self.spec.name, self.configuration_hash)
             out.append(_Piece(chunk, prompt, key, rid))
         return out
 
@@ -509,7 +500,7 @@ class BatchAnnotation:
                     errors = "; " + "; ".join(part["errors"][:3]) if part.get("errors") else ""
                     self.say(f"batch {part['index'] + 1} of {len(state['parts'])} ({part['batch_id']}): "
                              f"{batch.status}, {done}/{total or part['requests']} done, {failed} failed, "
-                             f"{_duration(now - started)} waited{errors}")
+                             f"{duration(now - started)} waited{errors}")
             if any(p["stage"] == "submitted" for p in state["parts"]):
                 sleep(self.poll_interval)
 
@@ -811,17 +802,11 @@ def _answer_of(line: dict[str, Any], prompt_chars: int) -> _Answer:
     body = response.get("body") if isinstance(response, dict) else None
     if status == 200 and isinstance(body, dict):
         try:
-            choice = body["choices"][0]
-            message = choice.get("message") or {}
-            text = message.get("content") or ""
-            if not text and message.get("tool_calls"):
-                text = message["tool_calls"][0]["function"]["arguments"] or ""
-            reason = choice.get("finish_reason")
+            text, truncated, filtered, usage = read_completion(body, prompt_chars)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             return _Answer(False, "", False, False, TokenUsage(calls=1),
                            f"the server's answer is not a chat completion: {exc!r}", "server")
-        usage = openai_usage(body.get("usage"), prompt_chars, text)
-        return _Answer(True, text, reason == "length", reason == "content_filter", usage, "", "")
+        return _Answer(True, text, truncated, filtered, usage, "", "")
     error = (body or {}).get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else (line.get("error") or {})
     message = str(error.get("message") or "no answer")
@@ -829,7 +814,7 @@ def _answer_of(line: dict[str, Any], prompt_chars: int) -> _Answer:
     if status is None:  # never ran (expired or cancelled with its batch)
         kind = "timeout" if code == "batch_expired" else "server"
         return _Answer(False, "", False, False, TokenUsage(), f"{code or 'not run'}: {message}", kind)
-    kind = _status_kind(int(status), f"{code} {message}")
+    kind = status_kind(int(status), f"{code} {message}")
     return _Answer(False, "", False, False, TokenUsage(calls=1), f"HTTP {status}: {message}", kind)
 
 
@@ -861,14 +846,6 @@ def _stages(state: dict[str, Any]) -> str:
         counts[part["stage"]] = counts.get(part["stage"], 0) + 1
     return ", ".join(f"{n} {stage}" for stage, n in sorted(counts.items())) or "nothing to send"
 
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def _stderr(message: str) -> None:

@@ -29,7 +29,7 @@ from agents.models.clients import endpoint, openai_key
 from agents.models.errors import CallError, Failure
 from agents.models.preflight import ensure_checked
 from agents.models.spec import ModelSpec
-from agents.models.usage import openai_usage
+from agents.models.usage import read_completion
 from state.errors import InputError
 from state.graph_state import TokenUsage
 
@@ -56,9 +56,9 @@ def _schema_json(schema: type[BaseModel]) -> dict[str, Any]:
 def _response_format(schema: type[BaseModel], mode: str) -> dict[str, Any] | None:
     """The ``response_format`` the LangChain client sends for this schema and mode, or None (shared, read only)."""
     if mode == "json_schema":
-        from agents.models.modes import _openai_response_format
+        from agents.models.modes import openai_response_format
 
-        return _openai_response_format(schema)
+        return openai_response_format(schema)
     if mode == "json":
         return {"type": "json_object"}
     return None
@@ -180,7 +180,7 @@ class DirectCaller:
         messages = _messages(turns)
         if cache is not None and key is None:
             key = self.key(schema, turns)
-        from agents.structured import Reply, cached_reply, deadline_failure, retry_wait, store_reply
+        from agents.structured import Reply, cached_reply, retry_wait, store_reply, time_left
 
         hit = cached_reply(cache, key)
         if hit is not None:
@@ -195,9 +195,7 @@ class DirectCaller:
         attempt = 0
         while True:
             attempt += 1
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise CallError(deadline_failure(spec), usage)
+            remaining = time_left(deadline, spec, usage)
             try:
                 async with asyncio.timeout(remaining):
                     answer = await self._send(client, body)
@@ -208,7 +206,7 @@ class DirectCaller:
                 await asyncio.sleep(retry_wait(exc, attempt, spec, deadline, usage))
                 continue
             try:
-                text, truncated, filtered, used = _read_completion(answer, prompt_chars)
+                text, truncated, filtered, used = read_completion(answer, prompt_chars)
             except (KeyError, IndexError, TypeError, AttributeError) as exc:
                 usage = usage.add(TokenUsage(calls=1))
                 raise CallError(Failure("server", f"the server's answer is not a chat completion: {exc!r}"),
@@ -259,7 +257,7 @@ class _CheckedModel:
             body["max_completion_tokens"] = self._params["max_tokens"]
         body["temperature"] = spec.temperature
         answer = await self._caller._send(self._caller._openai(), body)
-        text, _, _, used = _read_completion(answer, sum(len(m["content"]) for m in body["messages"]))
+        text, _, _, used = read_completion(answer, sum(len(m["content"]) for m in body["messages"]))
         return _Answer(text, used)
 
 
@@ -277,16 +275,6 @@ def _messages(turns: list[str]) -> list[dict[str, str]]:
     """Alternating user and assistant messages, as the cache key and the request body hold them."""
     return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
 
-
-def _read_completion(answer: dict[str, Any], prompt_chars: int) -> tuple[str, bool, bool, TokenUsage]:
-    """(answer text, cut at the output cap, stopped by a content filter, usage) of a chat-completion answer."""
-    choice = answer["choices"][0]
-    message = choice.get("message") or {}
-    text = message.get("content") or ""
-    if not text and message.get("tool_calls"):
-        text = message["tool_calls"][0]["function"]["arguments"] or ""
-    reason = choice.get("finish_reason")
-    return text, reason == "length", reason == "content_filter", openai_usage(answer.get("usage"), prompt_chars, text)
 
 
 def _tracing_on() -> bool:

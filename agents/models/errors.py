@@ -77,7 +77,7 @@ def _retry_after(headers: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed is not None else None
 
 
-def _status_kind(status: int, text: str) -> Kind:
+def status_kind(status: int, text: str) -> Kind:
     lowered = text.lower()
     if status in (401, 403):
         return "auth"
@@ -109,7 +109,7 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(status, int):
         body = str(getattr(exc, "body", "") or "") + " " + str(getattr(exc, "error", "") or "") + " " + str(exc)
         headers = getattr(response, "headers", None)
-        return Failure(_status_kind(status, body), text, status, _retry_after(headers))
+        return Failure(status_kind(status, body), text, status, _retry_after(headers))
     if name in ("APIConnectionError", "ConnectError", "RemoteProtocolError", "ReadError", "WriteError",
                 "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "IncompleteRead",
                 "ServerDisconnectedError", "NetworkError", "ProtocolError") or isinstance(exc, ConnectionError):

@@ -19,7 +19,7 @@ __all__ = ["OutputMode", "bind_output", "reply_parts"]
 OutputMode = Literal["json_schema", "json", "tools", "text"]
 
 
-def _openai_response_format(schema: type[BaseModel]) -> dict[str, Any]:
+def openai_response_format(schema: type[BaseModel]) -> dict[str, Any]:
     """The strict ``response_format`` the openai SDK sends for a Pydantic class (LangChain's structured output)."""
     from openai.lib._parsing._completions import type_to_response_format_param
 
@@ -36,7 +36,7 @@ def bind_output(model: Any, spec: Any, schema: type[BaseModel]) -> Any:
     if spec.provider == "ollama":
         return model.bind(format=schema.model_json_schema() if mode == "json_schema" else "json")
     if mode == "json_schema":
-        return model.bind(response_format=_openai_response_format(schema))
+        return model.bind(response_format=openai_response_format(schema))
     return model.bind(response_format={"type": "json_object"})
 
 

@@ -68,3 +68,14 @@ def openai_usage(used: dict[str, Any] | None, prompt_chars: int, answer: str) ->
     return TokenUsage(input_tokens=int(used.get("prompt_tokens") or 0),
                       cached_input_tokens=int(details.get("cached_tokens") or 0),
                       output_tokens=int(used.get("completion_tokens") or 0), calls=1)
+
+
+def read_completion(answer: dict[str, Any], prompt_chars: int) -> tuple[str, bool, bool, TokenUsage]:
+    """(answer text, cut at the output cap, stopped by a content filter, usage) of a chat-completion answer."""
+    choice = answer["choices"][0]
+    message = choice.get("message") or {}
+    text = message.get("content") or ""
+    if not text and message.get("tool_calls"):
+        text = message["tool_calls"][0]["function"]["arguments"] or ""
+    reason = choice.get("finish_reason")
+    return text, reason == "length", reason == "content_filter", openai_usage(answer.get("usage"), prompt_chars, text)
