@@ -67,7 +67,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from corpus.io import CorpusDocument
+from corpus.io import CorpusDocument, document_object
 from corpus.tokens import TokenTable, label_tokens, tokenize
 from state.errors import InputError
 
@@ -393,15 +393,7 @@ class JsonlWriter(_TextWriter):
     def _record(self, doc: CorpusDocument, failed: bool) -> bytes:
         if failed:
             return b""
-        obj: dict = {"id": doc.id, "text": doc.text}
-        if doc.entities is not None:
-            obj["entities"] = [{"start": s, "end": e, "type": t} for s, e, t in doc.entities]
-        if doc.tokens is not None:
-            obj["tokens"] = doc.tokens
-        for k, v in doc.extra.items():
-            if k not in obj:
-                obj[k] = v
-        return _dumps(obj) + b"\n"
+        return _dumps(document_object(doc)) + b"\n"
 
 
 class ConllWriter(_TextWriter):

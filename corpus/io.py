@@ -439,19 +439,21 @@ def write_jsonl(path: str | os.PathLike, docs: Iterable[CorpusDocument]) -> None
     """Write documents as JSONL: keys ``id``, ``text``, ``entities`` (omitted when None), ``tokens`` (when
     present), then the kept extra keys in their input order; ``ensure_ascii=False``; one line per document."""
     dumps = json.dumps
-    out = []
-    for d in docs:
-        obj: dict = {"id": d.id, "text": d.text}
-        if d.entities is not None:
-            obj["entities"] = [{"start": s, "end": e, "type": t} for s, e, t in d.entities]
-        if d.tokens is not None:
-            obj["tokens"] = d.tokens
-        for k, v in d.extra.items():
-            if k not in obj:
-                obj[k] = v
-        out.append(dumps(obj, ensure_ascii=False))
-        out.append("\n")
-    atomic_write(path, "".join(out))
+    atomic_write(path, "".join(dumps(document_object(d), ensure_ascii=False) + "\n" for d in docs))
+
+
+def document_object(doc: CorpusDocument) -> dict:
+    """A document as its JSONL line holds it: id, text, entities and tokens when present, then the kept extra keys
+    in their input order."""
+    obj: dict = {"id": doc.id, "text": doc.text}
+    if doc.entities is not None:
+        obj["entities"] = [{"start": s, "end": e, "type": t} for s, e, t in doc.entities]
+    if doc.tokens is not None:
+        obj["tokens"] = doc.tokens
+    for k, v in doc.extra.items():
+        if k not in obj:
+            obj[k] = v
+    return obj
 
 
 def conll_tags(doc: CorpusDocument, *, path: str | None = None) -> list[str]:

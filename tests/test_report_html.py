@@ -25,7 +25,7 @@ from disagreement.engine import AnnotationBatch, EngineParams, analyze
 from disagreement.render_html import FAMILY_SHORT, render_html
 from disagreement.report import build_report
 from reporting.run_report import diff_html, markdown_lines_html, write_report
-from tests.scripted import ScriptedModels, document_of, responder
+from tests.scripted import POLITICS_SENTENCES, ScriptedModels, document_of, responder
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "tasks" / "crossner_politics.yaml"
@@ -46,14 +46,7 @@ LEXICON = {
     "Italy": "COUNTRY", "Senate": "ORGANISATION", "European Union": "ORGANISATION",
 }
 POOL = [
-    "Barack Obama met Angela Merkel in Berlin .",
-    "The Labour Party won the 1997 election .",
-    "Paris is the capital of France .",
-    "Nicolas Sarkozy led the UMP .",
-    "The Senate met in Washington .",
-    "Boris Johnson spoke in London .",
-    "The Green Party of Canada held a rally .",
-    "Helmut Kohl visited Moscow in 1990 .",
+    *POLITICS_SENTENCES,
     "Margaret Thatcher led the Conservative Party in the 1979 election .",
     "Jacques Chirac visited Germany and Italy .",
     "The European Union met in Brussels .",

@@ -749,6 +749,21 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         """A 200 body that does not parse, and its content type."""
         return b'{"model": "loopback", "message": {"content": "', "application/json"
 
+    def responder_reply(self, entry: LoggedRequest, fault: Fault, body: Any, stream: bool) -> tuple[Reply, Fault] | None:
+        """The responder's reply and the fault that applies to it (the schedule's, or one the responder returned);
+        None when the request is done already (a broken responder's 500, or the returned fault's transport fault)."""
+        try:
+            reply = self.owner.answer(body)
+        except Exception as exc:  # a broken responder is a test bug: say so in a 500
+            self.send_error_json(entry, 500, "responder-error", f"responder failed: {type(exc).__name__}: {exc}")
+            return None
+        if isinstance(reply, Fault):
+            fault = reply
+            if self.transport_fault(entry, fault, body, stream):
+                return None
+            reply = Reply("")  # a returned fault that lets the answer go on (``slow``, a content fault) answers ""
+        return reply, fault
+
     def transport_fault(self, entry: LoggedRequest, fault: Fault, body: Any, stream: bool) -> bool:
         """Carry out a fault that replaces the answer (an error status, drop, silent, drip, bad JSON) and record
         it; True when the request is done. ``slow`` waits, then lets the answer go on (False)."""

@@ -200,15 +200,10 @@ class OllamaHandler(LoopbackHandler):
             fault = Fault("500")
         if self.transport_fault(entry, fault, body, stream):
             return
-        try:
-            reply = self.owner.answer(body)
-        except Exception as exc:  # a broken responder is a test bug: say so in a 500
-            self.send_error_json(entry, 500, "responder-error", f"responder failed: {type(exc).__name__}: {exc}")
+        answered = self.responder_reply(entry, fault, body, stream)
+        if answered is None:
             return
-        if isinstance(reply, Fault):
-            fault = reply
-            if self.transport_fault(entry, fault, body, stream):
-                return
+        reply, fault = answered
         reasoning = reply.reasoning if reply.reasoning is not None else (THINKING if self.owner.thinks(model) else None)
         faults = fault.content_faults
         if reasoning is not None and think is None:

@@ -169,15 +169,10 @@ class OpenAIHandler(LoopbackHandler):
             message, code = context_error(window, len(tokens) + (cap or 0))
             self.send_error_json(entry, 400, "context-length", message, code)
             return
-        try:
-            reply = self.owner.answer(body)
-        except Exception as exc:  # a broken responder is a test bug: say so in a 500
-            self.send_error_json(entry, 500, "responder-error", f"responder failed: {type(exc).__name__}: {exc}")
+        answered = self.responder_reply(entry, fault, body, stream)
+        if answered is None:
             return
-        if isinstance(reply, Fault):
-            fault = reply
-            if self.transport_fault(entry, fault, body, stream):
-                return
+        reply, fault = answered
         reply = apply_content_faults(reply, fault.content_faults, cap)
         usage = self.owner.usage_of(model, tokens, reply)
         outcome = "ok" if fault.name == "ok" else fault.name
