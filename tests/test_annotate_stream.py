@@ -168,6 +168,33 @@ def test_output_equals_the_whole_file_annotation(tmp_path, capsys, loopback, run
     assert sorted(unordered.read_bytes().splitlines()) == sorted(old.read_bytes().splitlines())
 
 
+@pytest.mark.parametrize(("output", "backend"), [("json", "openai"), ("json", "langchain"), ("tools", "langchain"),
+                                               ("text", "openai"), ("text", "langchain")])
+def test_every_output_mode_writes_what_structured_output_writes(tmp_path, capsys, loopback, output, backend):
+    server = loopback()
+    docs = corpus(tmp_path / "docs.jsonl", 12)
+    reference = tmp_path / "reference.jsonl"
+    code, err = annotate(capsys, make_run(tmp_path / "ref", {"name": MODEL}), docs, reference, "--no-cache")
+    assert code == 0, err
+    server.log.clear()
+    out = tmp_path / "pred.jsonl"
+    run = make_run(tmp_path / "run", {"name": MODEL, "concurrency": 4, "output": output})
+    code, err = annotate(capsys, run, docs, out, "--backend", backend, "--no-cache")
+    assert code == 0, err
+    assert out.read_bytes() == reference.read_bytes()
+    asked = [e for e in server.chat_requests() if "<document>" in prompt_of(e.body)]
+    assert len(asked) == 12 and {e.outcome for e in asked} == {"ok"}  # each answer read as sent: no re-ask
+    formats = [e.body.get("response_format") for e in asked]
+    tools = [[t["function"]["name"] for t in e.body.get("tools") or []] for e in asked]
+    if output == "json":
+        assert formats == [{"type": "json_object"}] * 12 and tools == [[]] * 12
+    elif output == "tools":  # one forced call of the answer's schema, answered as a tool call
+        assert formats == [None] * 12 and all(len(t) == 1 for t in tools)
+        assert [e.body["tool_choice"]["function"]["name"] for e in asked] == [t[0] for t in tools]
+    else:
+        assert formats == [None] * 12 and tools == [[]] * 12
+
+
 def test_a_rerun_with_the_same_configuration_is_answered_by_the_cache(tmp_path, capsys, loopback, run_dir):
     server = loopback()
     docs = corpus(tmp_path / "docs.jsonl", 12)

@@ -20,7 +20,7 @@ from agents.models.preflight import PROBE_PROMPT, forget_checks
 from cli.main import main
 from state.models import Document, EntityType, TaskConfiguration
 from tests.scripted import write_pool
-from tests.servers import FaultSchedule, capitalised_entities, openai_compat, usage_totals
+from tests.servers import FaultSchedule, capitalised_entities, capitalised_responder, openai_compat, usage_totals
 from tests.servers import ollama as ollama_servers
 
 openai_server = openai_compat.openai_server
@@ -62,8 +62,8 @@ def run_files(run_dir: Path) -> dict[str, bytes]:
 def openai_env(monkeypatch: pytest.MonkeyPatch, openai_server):
     """A started loopback server the openai provider is pointed at, with a dummy key."""
 
-    def start(**options):
-        server = openai_server(capitalised_entities, models=MODELS, **options)
+    def start(respond=capitalised_entities, **options):
+        server = openai_server(respond, models=MODELS, **options)
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
         return server
@@ -195,8 +195,8 @@ def test_a_model_that_stops_answering_mid_run_stops_the_run(tmp_path, pool, open
 
 @pytest.fixture
 def ollama_env(monkeypatch: pytest.MonkeyPatch, ollama_server):
-    def start(**options):
-        server = ollama_server(capitalised_entities, models=tuple(f"{m}:latest" for m in MODELS), **options)
+    def start(respond=capitalised_entities, **options):
+        server = ollama_server(respond, models=tuple(f"{m}:latest" for m in MODELS), **options)
         monkeypatch.setenv("OLLAMA_HOST", server.url)
         return server
 
@@ -266,3 +266,42 @@ def test_a_prompt_too_long_for_the_context_is_not_retried(openai_env):
     assert out.status == "failed" and out.error_kind == "context"
     assert [r.outcome for r in server.requests(CHAT)][-1] == "context-length"
     assert len([r for r in server.requests(CHAT) if r.outcome == "context-length"]) == 1  # never retried
+
+
+# ---------------------------------------------------------------- output modes
+
+
+def run_file(path: Path, provider: str, output: str) -> Path:
+    """A run file giving every model of `refine` (three annotators, the supervisor) the output mode `output`."""
+    entry = lambda m: f"  - {{name: '{provider}:{m}', output: {output}}}\n"  # noqa: E731
+    path.write_text("annotators:\n" + "".join(entry(m) for m in MODELS[:3])
+                    + f"supervisor: {{name: '{provider}:{MODELS[3]}', output: {output}}}\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("provider", ["openai", "ollama"])
+def test_a_run_in_tool_call_mode_writes_what_structured_output_writes(tmp_path, pool, openai_env, ollama_env, capsys,
+                                                                        provider):
+    # every property answered: a strict schema marks all required, a tool's schema only those without a default
+    respond = capitalised_responder(every_property=True)
+    server = openai_env(respond) if provider == "openai" else ollama_env(respond)
+    chat = CHAT if provider == "openai" else ollama_servers.CHAT
+    runs = {}
+    for output in ("json_schema", "tools"):
+        out = tmp_path / output
+        args = refine(out, pool, "--no-cache", provider=provider)
+        at = args.index("--annotators")
+        del args[at:at + 2]
+        del args[args.index("--supervisor"):args.index("--supervisor") + 2]
+        args += ["--config", str(run_file(tmp_path / f"{output}.yaml", provider, output))]
+        server.log.clear()
+        assert main(args) == 0, capsys.readouterr().err
+        runs[output] = run_files(out)
+        log = [r for r in server.requests(chat) if r.body.get("messages", [{}])[0].get("content") != "ping"]
+        if output == "tools":  # every call but the preflight's carried the answer's schema as its one tool
+            asked = [r for r in log if r.body.get("tools")]
+            assert len(asked) >= 20 and all(len(r.body["tools"]) == 1 for r in asked)
+            assert not any(r.body.get("response_format") or isinstance(r.body.get("format"), dict) for r in log)
+    runs["tools"].pop("run-config.yaml")
+    runs["json_schema"].pop("run-config.yaml")
+    assert runs["tools"] == runs["json_schema"]

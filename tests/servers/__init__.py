@@ -403,14 +403,20 @@ def prompt_of(body: Mapping[str, Any]) -> str:
 
 
 def schema_of(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema a request asks the answer to follow: OpenAI's ``response_format`` (json_schema) or
-    Ollama's ``format``; None when it gives none."""
+    """The JSON schema a request asks the answer to follow: OpenAI's ``response_format`` (json_schema), Ollama's
+    ``format``, or the parameters of its tool; None when it gives none."""
     fmt = body.get("response_format")
     if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema")
         return dict(schema) if isinstance(schema, Mapping) else None
     fmt = body.get("format")
-    return dict(fmt) if isinstance(fmt, Mapping) else None
+    if isinstance(fmt, Mapping):
+        return dict(fmt)
+    for tool in body.get("tools") or []:  # a forced tool call: its parameters are the answer's schema
+        parameters = (tool.get("function") or {}).get("parameters") if isinstance(tool, Mapping) else None
+        if isinstance(parameters, Mapping):
+            return dict(parameters)
+    return None
 
 
 def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -422,9 +428,11 @@ def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str,
     return schema
 
 
-def minimal_instance(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
-    """The smallest value that validates against `schema` (required properties only, shortest arrays, first enum
-    member, strings of "x")."""
+def minimal_instance(
+    schema: Mapping[str, Any], root: Mapping[str, Any] | None = None, every_property: bool = False
+) -> Any:
+    """The smallest value that validates against `schema` (required properties only, or with `every_property` all of
+    them; shortest arrays, first enum member, strings of "x")."""
     root = schema if root is None else root
     schema = _resolve(schema, root)
     if "const" in schema:
@@ -435,20 +443,22 @@ def minimal_instance(schema: Mapping[str, Any], root: Mapping[str, Any] | None =
         if schema.get(key):
             options = [_resolve(o, root) for o in schema[key]]
             usable = [o for o in options if o.get("type") != "null"] or options
-            return minimal_instance(usable[0], root)
+            return minimal_instance(usable[0], root, every_property)
     if schema.get("allOf"):
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
             merged.update(_resolve(part, root))
-        return minimal_instance(merged, root)
+        return minimal_instance(merged, root, every_property)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object" or (kind is None and "properties" in schema):
         props = schema.get("properties") or {}
-        return {name: minimal_instance(props.get(name, {}), root) for name in schema.get("required") or []}
+        names = list(props) if every_property else schema.get("required") or []
+        return {name: minimal_instance(props.get(name, {}), root, every_property) for name in names}
     if kind == "array":
-        return [minimal_instance(schema.get("items") or {}, root) for _ in range(int(schema.get("minItems", 0)))]
+        return [minimal_instance(schema.get("items") or {}, root, every_property)
+                for _ in range(int(schema.get("minItems", 0)))]
     if kind == "string":
         return "x" * max(1, int(schema.get("minLength", 1)))
     if kind in ("integer", "number"):
@@ -485,17 +495,20 @@ def document_in(prompt: str) -> str:
     return prompt
 
 
-def capitalised_responder(offset: int = 0, pattern: str = CAPITALISED) -> Callable[[Mapping[str, Any]], Any]:
+def capitalised_responder(
+    offset: int = 0, pattern: str = CAPITALISED, every_property: bool = False
+) -> Callable[[Mapping[str, Any]], Any]:
     """A deterministic responder: an annotation request is answered with every word of its document matching
     `pattern`, typed in turn with the task's types (the schema's enum, else the prompt's type list), starting
-    `offset` types along; any other request gets `minimal_instance` of its schema (``{"entities": []}`` without)."""
+    `offset` types along; any other request gets `minimal_instance` of its schema (``{"entities": []}`` without;
+    `every_property`: the answer does not depend on which properties the schema marks required)."""
 
     def respond(body: Mapping[str, Any]) -> Any:
         schema = schema_of(body)
         prompt = prompt_of(body)
         item, max_items = _entity_item(schema) if schema is not None else (None, None)
         if schema is not None and item is None:
-            return minimal_instance(schema)
+            return minimal_instance(schema, every_property=every_property)
         if schema is None and "<document>" not in prompt:
             return {"entities": []}
         types: list[str] = []

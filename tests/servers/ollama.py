@@ -242,9 +242,12 @@ class OllamaHandler(LoopbackHandler):
             }
         outcome = "ok" if fault.name == "ok" else fault.name
         if stream:
-            self._stream(entry, model, reply, thinking, final, usage, fault, outcome)
+            self._stream(entry, model, reply, thinking, final, usage, fault, outcome, tool_call(body, reply.content))
             return
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        call = tool_call(body, reply.content)
+        if call is not None:
+            message.update(content="", tool_calls=[call])
         if thinking is not None:
             message["thinking"] = thinking
         payload = json.dumps({**final, "message": message}).encode()
@@ -267,10 +270,11 @@ class OllamaHandler(LoopbackHandler):
         usage: dict[str, int] | None,
         fault: Fault,
         outcome: str,
+        call: dict[str, Any] | None = None,
     ) -> None:
         size = self.owner.chunk_chars
 
-        def part(**message: str) -> dict[str, Any]:
+        def part(**message: Any) -> dict[str, Any]:
             return {
                 "model": model,
                 "created_at": _now(),
@@ -279,7 +283,10 @@ class OllamaHandler(LoopbackHandler):
             }
 
         lines = [part(thinking=thinking[i : i + size]) for i in range(0, len(thinking or ""), size)] if thinking else []
-        lines += [part(content=reply.content[i : i + size]) for i in range(0, len(reply.content), size)]
+        if call is None:
+            lines += [part(content=reply.content[i : i + size]) for i in range(0, len(reply.content), size)]
+        else:  # as Ollama streams a tool call: whole, in one message
+            lines.append(part(tool_calls=[call]))
         lines.append(final)
         if fault.name in ("cut", "stream-error"):
             self.record(entry, status=200, outcome=fault.name)
@@ -302,6 +309,20 @@ class OllamaHandler(LoopbackHandler):
             self.write_chunk(json.dumps(line).encode() + b"\n")
         self.end_chunked()
         self.finish_entry(entry)
+
+
+def tool_call(body: Mapping[str, Any], content: str) -> dict[str, Any] | None:
+    """With ``tools`` declared, an answer that is a JSON object becomes a call of the first tool (Ollama has no
+    forced choice; its arguments an object, as Ollama sends them); None otherwise."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, Mapping) and isinstance(t.get("function"), Mapping)]
+    if not tools:
+        return None
+    try:
+        arguments = json.loads(content)
+    except ValueError:
+        return None
+    return {"function": {"name": tools[0]["function"].get("name"), "arguments": arguments}} if isinstance(
+        arguments, dict) else None
 
 
 class OllamaServer(LoopbackServer):

@@ -26,6 +26,9 @@ any), ``usage`` (False: no usage block, as some servers), ``api_key`` (when set,
 the same model), ``context_window`` (a prompt whose tokens plus ``max_tokens`` exceed it gets 400
 ``context_length_exceeded``), ``chunk_chars`` (characters per streamed chunk), ``latency`` (seconds before each
 answer). ``max_tokens`` / ``max_completion_tokens`` cap the answer: a longer one is cut, finish reason ``length``.
+As OpenAI does, a request with a forced tool (``tool_choice``) is answered with that tool's call (the responder's
+answer as its arguments, finish reason ``tool_calls``), and JSON mode (``response_format`` ``json_object``) without the
+word "json" in the messages, or a forced tool the request does not declare, gets 400.
 """
 
 from __future__ import annotations
@@ -151,6 +154,10 @@ class OpenAIHandler(LoopbackHandler):
             message = f"The model `{model}` does not exist or you do not have access to it."
             self.send_error_json(entry, 404, "unknown-model", message, "model_not_found")
             return
+        problem = request_problem(body)
+        if problem is not None:
+            self.send_error_json(entry, 400, "bad-request", problem)
+            return
         with self.owner.in_flight():
             if self.owner.latency:
                 self.sleep(self.owner.latency)
@@ -180,6 +187,13 @@ class OpenAIHandler(LoopbackHandler):
             self._stream(entry, body, model, reply, usage, fault, outcome)
             return
         message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
+        tool = forced_tool(body)
+        finish_reason = reply.finish_reason
+        if tool is not None:  # the answer is the forced call's arguments
+            message["content"] = None
+            message["tool_calls"] = [{"id": f"call_loopback_{entry.index}", "type": "function",
+                                      "function": {"name": tool, "arguments": reply.content}}]
+            finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
         if reply.reasoning is not None and "think" not in fault.content_faults:
             message["reasoning_content"] = reply.reasoning
         completion: dict[str, Any] = {
@@ -188,7 +202,7 @@ class OpenAIHandler(LoopbackHandler):
             "created": int(entry.time),
             "model": model,
             "system_fingerprint": "fp_loopback",
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         }
         if usage is not None:
             completion["usage"] = usage
@@ -237,8 +251,16 @@ class OpenAIHandler(LoopbackHandler):
                 chunk({"reasoning_content": reply.reasoning[i : i + size]})
                 for i in range(0, len(reply.reasoning), size)
             ]
-        events += [chunk({"content": reply.content[i : i + size]}) for i in range(0, len(reply.content), size)]
-        events.append(chunk({}, reply.finish_reason))
+        tool = forced_tool(body)
+        pieces = [reply.content[i : i + size] for i in range(0, len(reply.content), size)]
+        if tool is None:
+            events += [chunk({"content": piece}) for piece in pieces]
+        else:  # the forced call's arguments, in pieces after its name
+            call = {"index": 0, "id": f"call_loopback_{entry.index}", "type": "function"}
+            events.append(chunk({"tool_calls": [{**call, "function": {"name": tool, "arguments": ""}}]}))
+            events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}) for piece in pieces]
+        finish = "tool_calls" if tool is not None and reply.finish_reason == "stop" else reply.finish_reason
+        events.append(chunk({}, finish))
         if include_usage:
             events.append({**base, "choices": [], "usage": usage})
         if fault.name in ("cut", "stream-error"):
@@ -262,6 +284,30 @@ class OpenAIHandler(LoopbackHandler):
         self.write_chunk(b"data: [DONE]\n\n")
         self.end_chunked()
         self.finish_entry(entry)
+
+
+def forced_tool(body: Mapping[str, Any]) -> str | None:
+    """The function a request forces a call of (``tool_choice`` naming one, or ``required`` with one tool)."""
+    tools = [t.get("function", {}).get("name") for t in body.get("tools") or [] if isinstance(t, Mapping)]
+    choice = body.get("tool_choice")
+    if isinstance(choice, Mapping):
+        name = (choice.get("function") or {}).get("name")
+        return name if name in tools else None
+    return tools[0] if choice == "required" and len(tools) == 1 else None
+
+
+def request_problem(body: Mapping[str, Any]) -> str | None:
+    """What OpenAI refuses in a request (400) that a client could send: JSON mode without the word "json" in the
+    messages, a forced tool the request does not declare."""
+    fmt = body.get("response_format")
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_object":
+        said = " ".join(str(m.get("content") or "") for m in body.get("messages") or [] if isinstance(m, Mapping))
+        if "json" not in said.lower():
+            return "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
+    choice = body.get("tool_choice")
+    if isinstance(choice, Mapping) and forced_tool(body) is None:
+        return "Invalid value for 'tool_choice': the named function is not among 'tools'."
+    return None
 
 
 def _flat(usage: Mapping[str, Any] | None) -> dict[str, int] | None:
