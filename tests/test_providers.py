@@ -190,6 +190,37 @@ def test_a_model_that_stops_answering_mid_run_stops_the_run(tmp_path, pool, open
     assert "'openai:m-c' cannot be reached" in err and "every call of round 2" in err
 
 
+def test_a_supervisor_that_goes_away_mid_run_stops_it_and_resume_asks_no_annotator_again(tmp_path, pool, openai_env,
+                                                                                         capsys):
+    # the supervisor answers its preflight, then every connection to it drops (retried, then given up on)
+    server = openai_env()
+    out = tmp_path / "run"
+    real = server.respond
+    down = {"m-sup": True}
+
+    def respond(body):
+        if body.get("model") == "m-sup" and down["m-sup"] and body["messages"][0]["content"] != PROBE_PROMPT:
+            from tests.servers import Fault
+
+            return Fault.parse("drop")
+        return real(body)
+
+    server.respond = respond
+    assert main(refine(out, pool, "--timeout", "8", loops=2)) == 1
+    err = capsys.readouterr().err
+    assert "'openai:m-sup'" in err and "--resume" in err and "Traceback" not in err, err
+    annotated = [r for r in server.requests(CHAT) if r.model != "m-sup" and r.body["messages"][0]["content"] != PROBE_PROMPT]
+    assert len(annotated) == 9  # round 1: three annotators, three documents each
+    assert (out / "round-1" / "annotations.jsonl").is_file()
+    down["m-sup"] = False  # it is back
+    server.log.clear()
+    forget_checks()
+    assert main(["refine", "--resume", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+    again = [r for r in server.requests(CHAT) if r.body["messages"][0]["content"] != PROBE_PROMPT]
+    assert len([r for r in again if r.model != "m-sup"]) == 9  # round 2 only: round 1 is never asked again
+
+
 # ---------------------------------------------------------------- Ollama
 
 

@@ -133,7 +133,9 @@ def openai_key(spec: ModelSpec) -> str:
 def _build_openai(spec: ModelSpec) -> BaseChatModel:
     key = openai_key(spec)
     try:
+        import httpx
         from langchain_openai import ChatOpenAI
+        from openai import DEFAULT_CONNECTION_LIMITS
     except ImportError:
         _require("langchain-openai")
     return ChatOpenAI(
@@ -145,6 +147,10 @@ def _build_openai(spec: ModelSpec) -> BaseChatModel:
         max_tokens=spec.max_tokens,
         timeout=spec.timeout,
         max_retries=0,  # the call layer retries (agents.structured), within the call's deadline
+        # the model is cached for the process, which may run several event loops (bench --all, a resume)
+        http_async_client=httpx.AsyncClient(transport=_per_loop_transport(limits=DEFAULT_CONNECTION_LIMITS),
+                                            timeout=spec.timeout, limits=DEFAULT_CONNECTION_LIMITS,
+                                            follow_redirects=True),
     )
 
 
@@ -159,6 +165,8 @@ def _build_ollama(spec: ModelSpec) -> BaseChatModel:
     except ImportError:
         _require("langchain-ollama")
     client_kwargs: dict[str, Any] = {"timeout": spec.timeout}
+    # the model is cached for the process, which may run several event loops (bench --all, a resume)
+    async_client_kwargs: dict[str, Any] = {"transport": _per_loop_transport()}
     if spec.api_key_env:  # an Ollama behind an authenticating proxy
         key = os.environ.get(spec.api_key_env)
         if not key:
@@ -174,6 +182,7 @@ def _build_ollama(spec: ModelSpec) -> BaseChatModel:
         base_url=spec.base_url or os.environ.get("OLLAMA_HOST") or None,
         temperature=spec.temperature,
         client_kwargs=client_kwargs,
+        async_client_kwargs=async_client_kwargs,
         **kwargs,
     )
 
@@ -205,8 +214,8 @@ def _build_embedded(spec: ModelSpec) -> BaseChatModel:
     )
 
 
-def _per_loop_transport() -> Any:
-    """An httpx async transport holding one connection pool per running event loop."""
+def _per_loop_transport(**options: Any) -> Any:
+    """An httpx async transport holding one connection pool per running event loop (`options`: each pool's)."""
     import weakref
 
     import httpx
@@ -222,7 +231,7 @@ def _per_loop_transport() -> Any:
             with self._lock:
                 pool = self._pools.get(loop)
                 if pool is None:
-                    pool = self._pools[loop] = httpx.AsyncHTTPTransport()
+                    pool = self._pools[loop] = httpx.AsyncHTTPTransport(**options)
                 return pool
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
