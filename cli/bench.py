@@ -32,7 +32,7 @@ from typing import Any
 
 from cli import refine, rundir
 from cli.progress import say
-from state.errors import InputError
+from state.errors import BudgetReached, InputError
 
 PROG = "diziner bench"
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
@@ -315,9 +315,8 @@ def _call_argv(args: argparse.Namespace, accepted: set[str]) -> list[str]:
             ignored.append("--no-cache")
     if ignored:
         say(f"{PROG}: warning: this diziner's loop does not take {', '.join(ignored)}: not applied to the loop")
-    for flag, dest in (("--timeout", "timeout"), ("--budget", "budget")):
-        if getattr(args, dest, None) is not None:
-            say(f"{PROG}: warning: {flag} is not applied to the test annotations (only the loop takes it)")
+    if getattr(args, "timeout", None) is not None:
+        say(f"{PROG}: warning: --timeout is not applied to the test annotations (only the loop takes it)")
     return argv
 
 
@@ -367,6 +366,51 @@ class Job:
 
 
 @dataclass
+class TestBudget:
+    """--budget over a benchmark's test annotations: the loop's spending and every finished job's count against it;
+    a job starts only while the spending, the jobs running and the expected cost of this one fit (the mean of the
+    annotator's finished jobs; before any, its mean cost per call in the loop times the test documents). A started
+    job finishes."""
+
+    limit: float
+    spent: float
+    first_job: dict[str, float] = field(default_factory=dict)  # per annotator, the estimate before any job finished
+    finished: dict[str, list[float]] = field(default_factory=dict)  # per annotator, its finished jobs' costs
+    running: float = 0.0
+
+    @classmethod
+    def after_loop(cls, limit: float, loop_usage: dict[str, Any], documents: int) -> TestBudget:
+        per_model = loop_usage.get("by_model") or {}
+        first = {name: float(f.get("cost_usd") or 0.0) / f["calls"] * documents
+                 for name, f in per_model.items() if f.get("calls")}
+        return cls(limit, float(loop_usage.get("cost_usd") or 0.0), first)
+
+    def admit(self, job: Job) -> float:
+        """The job's expected cost, counted as running; BudgetReached when it does not fit."""
+        costs = self.finished.get(job.annotator)
+        expected = sum(costs) / len(costs) if costs else self.first_job.get(job.annotator, 0.0)
+        if self.spent + self.running + expected > self.limit or (self.spent > 0 and self.spent >= self.limit):
+            raise BudgetReached(f"budget: ${self.spent:.4f} spent of ${self.limit:.4f}; stopped before the test "
+                                f"annotations of {job.annotator} with {job.source}")
+        self.running += expected
+        return expected
+
+    def settle(self, job: Job, expected: float, cost: float) -> None:
+        self.running -= expected
+        self.spent += cost
+        self.finished.setdefault(job.annotator, []).append(cost)
+
+
+def _job_cost(record: Any, job: Job) -> float:
+    """What a finished job's test annotations cost (its usage file, the annotator's price)."""
+    from agents.models.prices import cost_usd
+    from state.graph_state import TokenUsage
+
+    usage = TokenUsage.model_validate(rundir.read_json(job.usage_path, "usage file").get("usage") or {})
+    return cost_usd(record.models.annotator(job.annotator).price, usage)
+
+
+@dataclass
 class Row:
     """One configuration row of metrics.json, before it is scored."""
 
@@ -409,8 +453,10 @@ def _read_readings(path: Path) -> dict[str, list[tuple[int, int, str]] | None]:
             for _, obj in iter_jsonl(path)}
 
 
-async def _run_jobs(prep: Prepared, record, jobs: list[Job], args: argparse.Namespace) -> None:
-    """Apply each pending job to the test documents; one annotator's jobs in turn, different annotators at once."""
+async def _run_jobs(prep: Prepared, record, jobs: list[Job], args: argparse.Namespace,
+                    budget: TestBudget | None = None) -> None:
+    """Apply each pending job to the test documents; one annotator's jobs in turn, different annotators at once;
+    within `budget` when given."""
     from agents import annotator as annotator_agent
     from agents import models
     from state.graph_state import TokenUsage
@@ -419,6 +465,7 @@ async def _run_jobs(prep: Prepared, record, jobs: list[Job], args: argparse.Name
     documents = [Document(id=d.id, text=d.text) for d in prep.sample]
 
     async def one(job: Job) -> None:
+        expected = budget.admit(job) if budget is not None else 0.0
         spec = record.models.annotator(job.annotator)
         say(f"{PROG}: {prep.task.name}: {len(documents)} test documents with {job.annotator}, configuration "
             f"{job.source}")
@@ -446,6 +493,8 @@ async def _run_jobs(prep: Prepared, record, jobs: list[Job], args: argparse.Name
         rundir.write_json(job.usage_path, {"round": job.round, "annotator": job.annotator, "configuration": job.source,
                                            "usage": usage.model_dump(mode="json")})
         rundir.write_text(job.path, "".join(lines))
+        if budget is not None:
+            budget.settle(job, expected, _job_cost(record, job))
         say(f"{PROG}: {prep.task.name}: {job.annotator} ({job.source}) done: {failed} failed, "
             f"{usage.calls} calls, {usage.cache_hits} from the cache ({time.perf_counter() - started:.1f} s)")
 
@@ -601,7 +650,13 @@ def run_benchmark(prep: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     if done:
         say(f"{PROG}: {prep.task.name}: {done} of {len(jobs)} configuration(s) already applied to the test documents")
     if pending:
-        asyncio.run(_run_jobs(prep, record, pending, args))
+        budget = None
+        if getattr(args, "budget", None) is not None:  # the loop's spending and the finished jobs' count
+            finished = [j for j in jobs.values() if j.path.is_file() and j.usage_path.is_file()]
+            budget = TestBudget.after_loop(args.budget, summary.get("usage") or {}, len(prep.sample))
+            for job in finished:
+                budget.settle(job, 0.0, _job_cost(record, job))
+        asyncio.run(_run_jobs(prep, record, pending, args, budget))
 
     # 5. predictions (written once), then metrics recomputed from the files
     pred_dir = bench_dir / PREDICTIONS
@@ -700,6 +755,10 @@ def run(args: argparse.Namespace) -> int:
     except LoopStopped as stop:
         say(f"{PROG}: {stop}; continue with --resume")
         return stop.code
+    except BudgetReached as exc:
+        say(f"{PROG}: {exc}; everything finished is kept: continue with a higher budget: diziner bench --out "
+            f"{prep.bench_dir} --resume --budget USD")
+        return 3
     return 0
 
 
@@ -760,6 +819,10 @@ def run_all(args: argparse.Namespace) -> int:
         except LoopStopped as stop:
             say(f"{PROG}: {prep.task.name}: {stop}; continue with --resume")
             return stop.code
+        except BudgetReached as exc:
+            say(f"{PROG}: {prep.task.name}: {exc}; everything finished is kept: continue with --resume and a "
+                "higher --budget")
+            return 3
     averages = average_rows(rows, paper)
     rundir.write_json(out / SUMMARY, {"benchmarks": rows, "averages": averages})
     rundir.write_text(out / TABLE, render_summary_table(rows, averages, paper))

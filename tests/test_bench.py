@@ -366,6 +366,49 @@ def test_a_loop_that_stops_unfinished_stops_the_bench_with_its_code(tmp_path, in
     assert not (out / "metrics.json").exists() and models.by_name == {}
 
 
+def test_budget_covers_the_test_annotations_and_a_higher_one_continues(tmp_path, install, monkeypatch, capsys):
+    task, data = write_benchmark(tmp_path)
+    config = tmp_path / "run.yaml"
+    price = "price: {input: 1000, output: 1000}"
+    config.write_text("annotators:\n" + "".join(f"  - {{name: '{a}', {price}}}\n" for a in ANNOTATORS)
+                      + f"supervisor: {{name: 'openai:sup', {price}}}\n")
+
+    def args(out: Path, *extra: str) -> list[str]:
+        argv = bench_args(task, data, out, "--config", str(config), "--test-sample", "4", "--no-cache", *extra)
+        at = argv.index("--annotators")
+        del argv[at:at + 4]  # the models come from the run file
+        return argv
+
+    install(Models())
+    plain = tmp_path / "plain"
+    assert main(args(plain)) == 0, capsys.readouterr().err
+    loop_cost = json.loads((plain / "run" / "summary.json").read_text())["usage"]["cost_usd"]
+    job_costs = []
+    for usage_file in sorted((plain / "annotations").rglob("*.usage.json")):
+        usage = json.loads(usage_file.read_text())["usage"]
+        job_costs.append((usage["input_tokens"] + usage["output_tokens"]) * 1000 / 1e6)
+    assert loop_cost > 0 and len(job_costs) >= 4 and min(job_costs) > 0
+
+    first = install(Models())
+    out = tmp_path / "bench"
+    # the loop fits, and the test annotations of one configuration or two: each job is estimated before it starts
+    assert main(args(out, "--budget", f"{loop_cost + 1.5 * max(job_costs):.6f}")) == 3
+    err = capsys.readouterr().err
+    assert "budget: $" in err and "stopped before the test annotations" in err and "--budget" in err
+    assert not (out / "metrics.json").exists()
+    done = sorted(p.relative_to(out) for p in (out / "annotations").rglob("*.jsonl"))
+    assert 0 < len(done) < len(job_costs)
+    spent = sum(json.loads((out / d).with_suffix(".usage.json").read_text())["usage"]["input_tokens"] for d in done)
+    assert first.calls("openai:sup") and spent > 0  # the loop ran whole
+
+    second = install(Models())
+    assert main(["bench", "--out", str(out), "--resume", "--budget", "1000"]) == 0, capsys.readouterr().err
+    assert second.calls("openai:sup") == []  # the loop is not asked again, nor any finished job
+    assert len([c for a in ANNOTATORS for c in second.calls(a, "Entities")]) == 4 * (len(job_costs) - len(done))
+    for p in (plain / "predictions").iterdir():
+        assert (out / "predictions" / p.name).read_bytes() == p.read_bytes()
+
+
 # ---------------------------------------------------------------- nothing selected
 
 
