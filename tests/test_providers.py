@@ -299,6 +299,16 @@ def test_a_prompt_too_long_for_the_context_is_not_retried(openai_env):
     assert len([r for r in server.requests(CHAT) if r.outcome == "context-length"]) == 1  # never retried
 
 
+@pytest.mark.parametrize(("status", "kind"), [("404", "not_found"), ("422", "bad_request"), ("403", "auth")])
+def test_a_client_error_during_a_call_is_not_retried(openai_env, status, kind):
+    server = openai_env(schedule=FaultSchedule.sequence_of("ok", status))  # the preflight call, then the error
+    spec = parse_model_spec("openai:m-a", timeout=30)
+    doc = Document(id="d", text="Barack Obama spoke .")
+    out, usage = asyncio.run(annotate_document(ModelHandle(chat_model, spec), spec, _configuration(), doc, 1))
+    assert out.status == "failed" and out.error_kind == kind
+    assert [r.outcome for r in server.requests(CHAT)] == ["ok", status] and usage.calls == 2  # asked once, counted
+
+
 # ---------------------------------------------------------------- output modes
 
 
