@@ -121,22 +121,26 @@ def speed(work: Path, server, n_docs: int, concurrency: int, repeats: int) -> No
           f"best {best_b:.2f} s, ratio {best_a / best_b:.2f}")
 
 
-def memory(work: Path, server, sizes: list[int], concurrency: int) -> None:
+def memory(work: Path, sizes: list[int], concurrency: int) -> None:
+    from tests.servers.openai_compat import OpenAICompatProcess
     from tests.test_annotate_stream import make_run
 
     run_dir = make_run(work / "run-mem", {"name": f"openai:{MODEL}", "concurrency": concurrency})
-    env = {**os.environ, "OPENAI_API_KEY": "loopback", "OPENAI_BASE_URL": server.base_url}
-    for n in sizes:
-        server.clear_log()  # the loopback server keeps every request it served
-        docs = work / f"mem-{n}.jsonl"
-        write_corpus(docs, n, seed=n)
-        cache = work / f"cache-mem-{n}"
-        wall, cpu, rss, code, err = run_child(annotate_argv(run_dir, docs, work / f"mem-{n}.out.jsonl", cache,
-                                                            concurrency), env)
-        if code != 0:
-            raise SystemExit(f"annotate of {n} documents failed ({code}):\n{err}")
-        shutil.rmtree(cache, ignore_errors=True)
-        print(f"memory: {n:>9,} documents: peak RSS {rss:7.1f} MiB ({wall:.1f} s wall, {cpu:.1f} s CPU)", flush=True)
+    # a server of its own that keeps no request log: a million request bodies would fill the machine's memory
+    with OpenAICompatProcess("tests.servers:capitalised_entities", models=(MODEL,), keep_log=False) as server:
+        env = {**os.environ, "OPENAI_API_KEY": "loopback", "OPENAI_BASE_URL": server.base_url}
+        for n in sizes:
+            docs = work / f"mem-{n}.jsonl"
+            write_corpus(docs, n, seed=n)
+            cache = work / f"cache-mem-{n}"
+            wall, cpu, rss, code, err = run_child(annotate_argv(run_dir, docs, work / f"mem-{n}.out.jsonl", cache,
+                                                                concurrency), env)
+            if code != 0:
+                raise SystemExit(f"annotate of {n} documents failed ({code}):\n{err}")
+            shutil.rmtree(cache, ignore_errors=True)
+            docs.unlink()
+            print(f"memory: {n:>9,} documents: peak RSS {rss:7.1f} MiB ({wall:.1f} s wall, {cpu:.1f} s CPU)",
+                  flush=True)
 
 
 def main() -> None:
@@ -159,9 +163,10 @@ def main() -> None:
         print(f"loopback server {server.base_url} (pid {server.pid}); load average {os.getloadavg()[0]:.2f}")
         if args.docs:
             speed(work, server, args.docs, args.concurrency, args.repeats)
+        server.stop()
         sizes = [int(s) for s in args.memory.split(",") if s.strip()]
         if sizes:
-            memory(work, server, sizes, args.concurrency)
+            memory(work, sizes, args.concurrency)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ The issue's bar: a round against the embedded server spends at most 10% more tim
 same calls made directly with the openai client at the same concurrency. This script sends the
 same annotation-like requests (short NER prompts, the annotators' own output schema) two ways:
 
-  a) ours:   chat_model(spec).with_structured_output(Entities, method="json_schema").ainvoke
+  a) ours:   agents.structured.invoke_structured (the annotators' call: the model bound to its output mode, the
+             deadline, retries and the tolerant reader; no call cache, so every request is sent)
   b) direct: openai.AsyncOpenAI(base_url=<same server>).chat.completions.create(
                  response_format={"type": "json_schema", ...})   + pydantic validation
 
@@ -34,7 +35,8 @@ from pydantic import BaseModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.annotator import schema_for  # noqa: E402
-from agents.models import SMALL_PROFILE, chat_model, embedded, parse_model_spec  # noqa: E402
+from agents.models import SMALL_PROFILE, ModelHandle, chat_model, embedded, parse_model_spec  # noqa: E402
+from agents.structured import invoke_structured  # noqa: E402
 
 SENTENCES = (
     "Angela Merkel met Emmanuel Macron in Paris on Tuesday.",
@@ -112,7 +114,7 @@ async def main_async(args: argparse.Namespace) -> None:
     startup = time.perf_counter() - started
 
     Entities = schema_for(spec, TYPES)  # noqa: N806 (a class): what the annotator agents send
-    ours = llm.with_structured_output(Entities, method="json_schema")
+    handle = ModelHandle(chat_model, spec)
     direct = openai.AsyncOpenAI(
         base_url=base_url,
         api_key="unused",
@@ -123,8 +125,8 @@ async def main_async(args: argparse.Namespace) -> None:
     fmt = response_format(Entities)
 
     async def call_ours(msgs: list[dict[str, str]]) -> str:
-        result = await ours.ainvoke(msgs)
-        return result.model_dump_json()
+        answer = await invoke_structured(handle, spec, Entities, msgs[0]["content"])
+        return answer.parsed.model_dump_json() if answer.parsed is not None else f"failed: {answer.reason}"
 
     async def call_direct(msgs: list[dict[str, str]]) -> str:
         completion = await direct.chat.completions.create(
@@ -135,7 +137,10 @@ async def main_async(args: argparse.Namespace) -> None:
             max_completion_tokens=spec.max_tokens,
             response_format=fmt,
         )
-        return Entities.model_validate_json(completion.choices[0].message.content or "").model_dump_json()
+        try:
+            return Entities.model_validate_json(completion.choices[0].message.content or "").model_dump_json()
+        except ValueError as exc:
+            return f"failed: {exc}"
 
     sentences = [SENTENCES[i % len(SENTENCES)] for i in range(args.calls)]
     prompts = [messages_for(spec, s) for s in sentences]
@@ -148,7 +153,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"model {spec.name}  calls {args.calls}  repeats {args.repeats}  concurrency {concurrency}  "
           f"max_tokens {spec.max_tokens}  server {base_url}  (started in {startup:.1f} s)")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("a = chat_model(spec).with_structured_output(..., method='json_schema').ainvoke")
+    print("a = agents.structured.invoke_structured (the annotators' call path, no cache)")
     print("b = openai.AsyncOpenAI(...).chat.completions.create(response_format=json_schema) + validation")
     walls: dict[str, list[float]] = {"a": [], "b": []}
     per_call: dict[str, list[float]] = {"a": [], "b": []}

@@ -343,17 +343,22 @@ class LoggedRequest:
 
 
 class RequestLog:
-    """The thread-safe list of every request a server received, failed ones included."""
+    """The thread-safe list of every request a server received, failed ones included (with `keep` False none is
+    kept: a long benchmark's server would hold every request body)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
         self._lock = threading.Lock()
         self._entries: list[LoggedRequest] = []
+        self._keep = keep
+        self._count = 0
 
     def open(self, method: str, path: str, body: Any, model: str | None, stream: bool) -> LoggedRequest:
         """Record a request as it arrives."""
         with self._lock:
-            entry = LoggedRequest(len(self._entries), time.time(), method, path, model, body, stream)
-            self._entries.append(entry)
+            entry = LoggedRequest(self._count, time.time(), method, path, model, body, stream)
+            self._count += 1
+            if self._keep:
+                self._entries.append(entry)
             return entry
 
     def close(self, entry: LoggedRequest, **changes: Any) -> None:
@@ -371,6 +376,7 @@ class RequestLog:
         """Forget every record."""
         with self._lock:
             self._entries.clear()
+            self._count = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -834,6 +840,7 @@ class LoopbackServer:
         chunk_chars: int = 8,
         latency: float = 0.0,
         port: int = 0,
+        keep_log: bool = True,
     ) -> None:
         self.respond = respond or empty_entities
         self.schedule = FaultSchedule.of(schedule)
@@ -842,7 +849,8 @@ class LoopbackServer:
         self.usage = usage
         self.chunk_chars = max(1, chunk_chars)
         self.latency = latency
-        self.log = RequestLog()
+        self.keep_log = keep_log
+        self.log = RequestLog(keep_log)
         self.stopping = threading.Event()
         self.label = f"{self.name}-{next(_SERVER_IDS)}"  # names this server's threads
         self.errors: list[str] = []  # tracebacks of the server's own failures (none expected)
@@ -939,6 +947,7 @@ class LoopbackServer:
             "usage": self.usage,
             "chunk_chars": self.chunk_chars,
             "latency": self.latency,
+            "keep_log": self.keep_log,
         }
 
     @classmethod
