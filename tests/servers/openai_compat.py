@@ -25,7 +25,7 @@ any), ``usage`` (False: no usage block, as some servers), ``api_key`` (when set,
 ``invalid_api_key``), ``prompt_cache`` (report as cached the longest token prefix shared with an earlier prompt to
 the same model), ``context_window`` (a prompt whose tokens plus ``max_tokens`` exceed it gets 400
 ``context_length_exceeded``), ``chunk_chars`` (characters per streamed chunk), ``latency`` (seconds before each
-answer). ``max_tokens`` / ``max_completion_tokens`` cap the answer: a longer one is cut, finish reason ``length``.
+answer), ``keep_log`` (False: keep no request log, for benchmarks of a million requests). ``max_tokens`` / ``max_completion_tokens`` cap the answer: a longer one is cut, finish reason ``length``.
 As OpenAI does, a request with a forced tool (``tool_choice``) is answered with that tool's call (the responder's
 answer as its arguments, finish reason ``tool_calls``), and JSON mode (``response_format`` ``json_object``) without the
 word "json" in the messages, or a forced tool the request does not declare, gets 400.
