@@ -517,7 +517,9 @@ class Job:
         spent = self.spent()
         done = self.progress.session_done + self.progress.before_documents
         mean = spent / done if done else 0.0
-        return not (spent + (in_flight + 1) * mean > self.budget or (spent > 0 and spent >= self.budget))
+        from agents.models.prices import fits_budget
+
+        return fits_budget(spent, (in_flight + 1) * mean, self.budget)
 
     def spent(self) -> float:
         return self.spent_before + self.spent_now

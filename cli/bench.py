@@ -389,7 +389,9 @@ class TestBudget:
         """The job's expected cost, counted as running; BudgetReached when it does not fit."""
         costs = self.finished.get(job.annotator)
         expected = sum(costs) / len(costs) if costs else self.first_job.get(job.annotator, 0.0)
-        if self.spent + self.running + expected > self.limit or (self.spent > 0 and self.spent >= self.limit):
+        from agents.models.prices import fits_budget
+
+        if not fits_budget(self.spent, self.running + expected, self.limit):
             raise BudgetReached(f"budget: ${self.spent:.4f} spent of ${self.limit:.4f}; stopped before the test "
                                 f"annotations of {job.annotator} with {job.source}")
         self.running += expected
@@ -402,7 +404,7 @@ class TestBudget:
 
 
 def _job_cost(record: Any, job: Job) -> float:
-    """What a finished job's test annotations cost (its usage file, the annotator's price)."""
+    """What a job of an earlier session cost (its usage file, the annotator's price)."""
     from agents.models.prices import cost_usd
     from state.graph_state import TokenUsage
 
@@ -459,6 +461,7 @@ async def _run_jobs(prep: Prepared, record, jobs: list[Job], args: argparse.Name
     within `budget` when given."""
     from agents import annotator as annotator_agent
     from agents import models
+    from agents.models.prices import cost_usd
     from state.graph_state import TokenUsage
     from state.models import Document
 
@@ -494,7 +497,7 @@ async def _run_jobs(prep: Prepared, record, jobs: list[Job], args: argparse.Name
                                            "usage": usage.model_dump(mode="json")})
         rundir.write_text(job.path, "".join(lines))
         if budget is not None:
-            budget.settle(job, expected, _job_cost(record, job))
+            budget.settle(job, expected, cost_usd(spec.price, usage))
         say(f"{PROG}: {prep.task.name}: {job.annotator} ({job.source}) done: {failed} failed, "
             f"{usage.calls} calls, {usage.cache_hits} from the cache ({time.perf_counter() - started:.1f} s)")
 

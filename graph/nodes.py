@@ -75,7 +75,9 @@ def check_budget(state: DizinerState, ctx: DizinerContext, step: str, expected: 
     if ctx.budget_usd is None:
         return
     spent = spent_usd(state)
-    if spent + expected > ctx.budget_usd or (spent > 0 and spent >= ctx.budget_usd):
+    from agents.models.prices import fits_budget
+
+    if not fits_budget(spent, expected, ctx.budget_usd):
         raise BudgetReached(
             f"budget: ${spent:.4f} spent of ${ctx.budget_usd:.4f}; stopped before {step}"
             + (f" (expected ${expected:.4f} more)" if expected else "")

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["KNOWN_PRICES", "ModelPrice", "cost_usd", "known_price"]
+__all__ = ["KNOWN_PRICES", "ModelPrice", "cost_usd", "fits_budget", "known_price"]
 
 
 class ModelPrice(BaseModel):
@@ -38,6 +38,12 @@ def known_price(provider: str, model: str, base_url: str | None) -> ModelPrice |
     """The shipped price of an OpenAI API model called on OpenAI's own endpoint, else None."""
     on_openai = base_url is None or "api.openai.com" in base_url
     return KNOWN_PRICES.get(model) if provider == "openai" and on_openai else None
+
+
+def fits_budget(spent: float, expected: float, budget: float) -> bool:
+    """The budget rule of every command (docs/method.md#budget-and-dry-run): a step may start while the spending so
+    far plus its expected cost stays within the budget, and not once something was spent and the budget is reached."""
+    return not (spent + expected > budget or (spent > 0 and spent >= budget))
 
 
 def cost_usd(price: ModelPrice | None, usage: Any) -> float:
