@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_FILE", "CallCache", "CachedReply", "cache_key", "default_cache_dir", "open_cache"]
+__all__ = ["CACHE_FILE", "CallCache", "CachedReply", "cache_key", "chat_messages", "default_cache_dir", "open_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,11 @@ def default_cache_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "diziner"
+
+
+def chat_messages(turns: list[str]) -> list[dict[str, str]]:
+    """Alternating user and assistant messages, as a cache key and a request body hold them."""
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
 
 
 def cache_key(spec: Any, schema: dict[str, Any], mode: str, messages: list[dict[str, str]]) -> str:

@@ -22,7 +22,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableLambda
 from pydantic import BaseModel
 
-from agents.cache import CachedReply, CallCache, cache_key
+from agents.cache import CachedReply, CallCache, cache_key, chat_messages
 from agents.models import ModelHandle, ModelSpec
 from agents.models.errors import CallError, Failure, classify
 from agents.models.modes import bind_output, reply_parts
@@ -149,8 +149,7 @@ async def _complete(
     """One reply to `turns` (alternating user and assistant messages): from the cache, or from the model within the
     call's deadline. Raises CallError when no reply came."""
     schema_json = schema.model_json_schema()
-    key = cache_key(spec, schema_json, spec.output, [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
-                                                     for i, t in enumerate(turns)]) if cache else None
+    key = cache_key(spec, schema_json, spec.output, chat_messages(turns)) if cache else None
     hit = await asyncio.to_thread(cached_reply, cache, key) if cache is not None else None  # disk: off the loop
     if hit is not None:
         return Reply(*hit, 0)

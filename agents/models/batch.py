@@ -59,7 +59,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agents.annotator import fit_annotator_prompt, schema_for
-from agents.cache import CachedReply, CallCache, cache_key
+from agents.cache import CachedReply, CallCache, cache_key, chat_messages
 from agents.models.clients import endpoint, openai_key
 from agents.models.errors import ModelUnavailable, classify, status_kind
 from agents.models.prices import ModelPrice, cost_usd
@@ -277,7 +277,7 @@ class BatchAnnotation:
         for chunk in chunks:
             part = text if chunk is None else chunk.substring(text)
             prompt, _ = fit_annotator_prompt(self.spec, self.configuration, part, self.round_)
-            key = cache_key(self.spec, self.schema_json, self.spec.output, _messages(prompt))
+            key = cache_key(self.spec, self.schema_json, self.spec.output, chat_messages([prompt]))
             rid = ledger.request_id(doc.id, None if chunk is None else chunk.index, self.spec.name, self.configuration_hash)
             out.append(_Piece(chunk, prompt, key, rid))
         return out
@@ -346,7 +346,7 @@ class BatchAnnotation:
                     from_cache += 1
                     continue
                 line = json.dumps({"custom_id": piece.custom_id, "method": "POST", "url": ENDPOINT,
-                                   "body": request_body(self.spec, self.schema, _messages(piece.prompt))},
+                                   "body": request_body(self.spec, self.schema, chat_messages([piece.prompt]))},
                                   ensure_ascii=False).encode("utf-8") + b"\n"
                 if fh is None or count >= self.max_requests or (count and size + len(line) > self.max_bytes):
                     close_part()
@@ -783,10 +783,6 @@ def annotate_batch(spec: ModelSpec, configuration: TaskConfiguration, round_: in
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
-
-def _messages(prompt: str) -> list[dict[str, str]]:
-    """The one user message a request holds (as the cache key and the body hold it)."""
-    return [{"role": "user", "content": prompt}]
 
 
 def _corpus_document(doc: Any) -> CorpusDocument:

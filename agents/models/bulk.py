@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from agents.cache import CallCache, cache_key
+from agents.cache import CallCache, cache_key, chat_messages
 from agents.models.clients import endpoint, openai_key
 from agents.models.errors import CallError, Failure
 from agents.models.preflight import ensure_checked
@@ -68,7 +68,7 @@ def request_key(spec: ModelSpec, schema: type[BaseModel], turns: list[str]) -> s
     """The call-cache key of a request for `turns` (alternating user and assistant messages): equal to
     `agents.cache.cache_key` of the same request, with the parts that do not change between requests serialised
     once per model and schema (checked against `cache_key` itself; where they would differ, it is called)."""
-    messages = _messages(turns)
+    messages = chat_messages(turns)
     parts = _key_parts(spec, schema, endpoint(spec))
     if parts is None:
         return cache_key(spec, _schema_json(schema), spec.output, messages)
@@ -177,7 +177,7 @@ class DirectCaller:
         """One reply to `turns` (`key`: their cache key when known): from the cache, or from the server within the
         call's deadline; CallError when no reply came."""
         spec = self.spec
-        messages = _messages(turns)
+        messages = chat_messages(turns)
         if cache is not None and key is None:
             key = self.key(schema, turns)
         from agents.structured import Reply, cached_reply, retry_wait, store_reply, time_left
@@ -270,10 +270,6 @@ class _Answer:
             "input_tokens": used.input_tokens, "output_tokens": used.output_tokens,
             "input_token_details": {"cache_read": used.cached_input_tokens}}
 
-
-def _messages(turns: list[str]) -> list[dict[str, str]]:
-    """Alternating user and assistant messages, as the cache key and the request body hold them."""
-    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
 
 
 
